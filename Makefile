@@ -1,0 +1,40 @@
+# Every target sets up what it needs, idempotently: the venv at .venv, the
+# pinned dependencies, and the sha256-pinned model weights.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AIRFLOW_PRIVACY_MODEL_DIR ?= $(CURDIR)/.cache/models
+export YOLO_OFFLINE ?= 1
+MODELS := $(AIRFLOW_PRIVACY_MODEL_DIR)/.fetched
+
+.PHONY: install models test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+models: $(MODELS)
+
+$(MODELS): $(STAMP) airflow_privacy/core/models.py
+	$(BIN)/airflow-privacy models fetch
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) $(MODELS) lint
+	$(BIN)/pytest -p no:cacheprovider
+
+demo: $(STAMP) $(MODELS)
+	$(BIN)/python dags/run_demo.py
+
+bench: $(STAMP) $(MODELS)
+	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .cache demo-output bench/results

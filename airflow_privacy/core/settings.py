@@ -1,0 +1,164 @@
+"""One settings object describes a run.
+
+It is what the manifest records and what the idempotency key hashes, so two
+runs with equal settings on the same input bytes must produce the same output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+Target = Literal["person", "head"]
+MethodName = Literal["blur", "pixelate", "fill"]
+
+DEFAULT_MODEL = "yolo11n-pose.pt"
+
+
+class SettingsError(ValueError):
+    """A run was configured in a way that could not be honoured safely."""
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """How people are found on the input image."""
+
+    model: str = DEFAULT_MODEL
+    model_sha256: str | None = None
+    classes: tuple[int, ...] = (0,)
+    confidence: float = 0.25
+    image_size: int = 640
+    flip: bool = False
+    merge_iou: float = 0.6
+    keypoint_confidence: float = 0.5
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class AnonymizationSettings:
+    """What is hidden and how."""
+
+    target: Target = "person"
+    method: MethodName = "blur"
+    padding: float = 0.1
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    """How the anonymized output is re-checked before anything is published.
+
+    Defaults are stricter than detection: a lower confidence threshold and a
+    horizontally flipped second pass, so that what detection barely missed is
+    still caught here. A person re-detected *inside* the anonymized regions
+    fails too once its confidence reaches ``covered_max_confidence`` (at most
+    the detection threshold): a region the model still reads as a person at
+    detection strength was not anonymized, it was only marked.
+    """
+
+    confidence: float = 0.1
+    flip: bool = True
+    covered_max_confidence: float = 0.25
+    min_coverage: float = 0.9
+    max_retention: float = 0.25
+    remediation_rounds: int = 2
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    anonymization: AnonymizationSettings = field(default_factory=AnonymizationSettings)
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
+    max_pixels: int = 50_000_000
+
+    def validate(self) -> RunSettings:
+        d, a, v = self.detection, self.anonymization, self.verification
+        if a.target not in ("person", "head"):
+            raise SettingsError(f"unknown target {a.target!r}; expected 'person' or 'head'")
+        if a.method not in ("blur", "pixelate", "fill"):
+            raise SettingsError(f"unknown method {a.method!r}; expected blur, pixelate or fill")
+        if not 0.0 < d.confidence <= 1.0:
+            raise SettingsError(f"detection confidence {d.confidence} is not in (0, 1]")
+        if not 0.0 < v.confidence <= 1.0:
+            raise SettingsError(f"verification confidence {v.confidence} is not in (0, 1]")
+        if v.confidence > d.confidence:
+            raise SettingsError(
+                f"verification confidence {v.confidence} is laxer than detection confidence "
+                f"{d.confidence}; verification must be at least as strict as detection"
+            )
+        if v.covered_max_confidence > d.confidence:
+            raise SettingsError(
+                f"covered_max_confidence {v.covered_max_confidence} is laxer than detection "
+                f"confidence {d.confidence}"
+            )
+        if d.flip and not v.flip:
+            raise SettingsError("detection uses flip TTA, so verification must use it too")
+        if not 0.0 < v.min_coverage <= 1.0:
+            raise SettingsError(f"min_coverage {v.min_coverage} is not in (0, 1]")
+        if a.padding < 0:
+            raise SettingsError(f"padding {a.padding} is negative")
+        if v.remediation_rounds < 0:
+            raise SettingsError("remediation_rounds must be >= 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSettings:
+        def build(kind: type, values: dict[str, Any] | None) -> Any:
+            values = dict(values or {})
+            known = {f.name for f in fields(kind)}
+            unknown = set(values) - known
+            if unknown:
+                raise SettingsError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+            if "classes" in values:
+                values["classes"] = tuple(values["classes"])
+            return kind(**values)
+
+        top = dict(data)
+        return cls(
+            detection=build(DetectionSettings, top.pop("detection", None)),
+            anonymization=build(AnonymizationSettings, top.pop("anonymization", None)),
+            verification=build(VerificationSettings, top.pop("verification", None)),
+            **top,
+        ).validate()
+
+    def key(self) -> str:
+        """Idempotency key: sha256 of the canonical JSON of these settings."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_overrides(
+        self,
+        *,
+        target: str | None = None,
+        method: str | None = None,
+        model: str | None = None,
+        confidence: float | None = None,
+        verify_confidence: float | None = None,
+    ) -> RunSettings:
+        """The CLI's and the operators' flat options applied on top of these settings.
+
+        Lowering the detection confidence lowers the verifier's thresholds with
+        it where they would otherwise be laxer; an explicitly laxer
+        ``verify_confidence`` is still refused by :meth:`validate`.
+        """
+        det, ano, ver = self.detection, self.anonymization, self.verification
+        if model is not None:
+            det = replace(det, model=model)
+        if confidence is not None:
+            det = replace(det, confidence=confidence)
+            ver = replace(
+                ver,
+                confidence=min(ver.confidence, confidence),
+                covered_max_confidence=min(ver.covered_max_confidence, confidence),
+            )
+        if target is not None:
+            ano = replace(ano, target=target)  # type: ignore[arg-type]
+        if method is not None:
+            ano = replace(ano, method=method)  # type: ignore[arg-type]
+        if verify_confidence is not None:
+            ver = replace(ver, confidence=verify_confidence)
+        return replace(self, detection=det, anonymization=ano, verification=ver).validate()

@@ -1,0 +1,73 @@
+"""Anonymization added to an existing DAG in one call.
+
+::
+
+    with DAG("ingest", schedule=None) as dag:
+        land = ...
+        land >> anonymization_task_group(
+            "s3://raw/photos", "s3://public/photos", "s3://scratch/{{ run_id }}",
+            "s3://reports/photos/{{ ds }}", aws_conn_id="aws_default",
+        )
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_privacy.operators.anonymize import AnonymizePeopleOperator
+from airflow_privacy.operators.compat import TaskGroup
+from airflow_privacy.operators.detect import DetectPeopleOperator
+from airflow_privacy.operators.publish import PublishReleaseOperator
+from airflow_privacy.operators.shards import ListImageShardsOperator
+from airflow_privacy.operators.validate import ValidateManifestOperator
+from airflow_privacy.operators.verify import VerifyAnonymizationOperator
+
+
+def anonymization_task_group(
+    source: str,
+    release: str,
+    work: str,
+    report: str,
+    *,
+    settings: Any = None,
+    aws_conn_id: str | None = None,
+    shard_size: int = 16,
+    policy: str = "publish_passing",
+    max_error_rate: float = 0.1,
+    group_id: str = "anonymize_people",
+    **group_kwargs: Any,
+) -> TaskGroup:
+    """list -> detect -> anonymize -> verify (each mapped over shards) -> validate -> publish.
+
+    Every location is templated; ``work`` should be unique per run (e.g. contain
+    ``{{ run_id }}``) since it holds the run's staged outputs. ``settings`` is a
+    :class:`~airflow_privacy.core.settings.RunSettings` or its ``to_dict()``
+    (partial dicts work: missing values take the defaults). Publication happens
+    only after the manifest passed validation, so a failed check publishes nothing.
+    """
+    if hasattr(settings, "to_dict"):
+        settings = settings.to_dict()
+    locations = {"source": source, "work": work, "settings": settings,
+                 "aws_conn_id": aws_conn_id}
+    with TaskGroup(group_id=group_id, **group_kwargs) as group:
+        shards = ListImageShardsOperator(task_id="list_shards", source=source, work=work,
+                                         shard_size=shard_size, aws_conn_id=aws_conn_id)
+        steps = [
+            operator.partial(task_id=task_id, map_index_template="{{ task.shard.shard_id }}",
+                             **locations).expand(shard=shards.output)
+            for task_id, operator in (
+                ("detect", DetectPeopleOperator),
+                ("anonymize", AnonymizePeopleOperator),
+                ("verify", VerifyAnonymizationOperator),
+            )
+        ]
+        validate = ValidateManifestOperator(
+            task_id="validate_manifest", work=work, report=report, shards=shards.output,
+            settings=settings, max_error_rate=max_error_rate, aws_conn_id=aws_conn_id,
+        )
+        publish = PublishReleaseOperator(
+            task_id="publish", work=work, report=report, release=release, policy=policy,
+            manifest_sha256=validate.output["manifest_sha256"], aws_conn_id=aws_conn_id,
+        )
+        shards >> steps[0] >> steps[1] >> steps[2] >> validate >> publish
+    return group

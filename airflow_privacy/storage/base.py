@@ -1,0 +1,103 @@
+"""The storage interface and key safety rules shared by every backend.
+
+Keys are relative POSIX paths below a root. A key that is absolute, contains
+``..`` or a NUL byte, or is empty is refused before any I/O: nothing is ever
+read or written outside a configured root.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from typing import Any
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed (possibly transiently: retrying may help)."""
+
+
+class TransientStorageError(StorageError):
+    """The backend could not be reached or answered "try again" (endpoint down, timeout,
+    throttling, 5xx). A separate class so that callers, and Airflow task retries, can
+    tell "retry later" apart from "this will never work" (missing key, access denied)."""
+
+
+class UnsafeKeyError(StorageError):
+    """A key that would leave the storage root."""
+
+
+def check_key(key: str) -> str:
+    if not key or "\x00" in key:
+        raise UnsafeKeyError(f"invalid key {key!r}")
+    if key.startswith("/") or key.startswith("\\"):
+        raise UnsafeKeyError(f"absolute key {key!r} is not allowed")
+    parts = PurePosixPath(key).parts
+    if any(part == ".." for part in parts):
+        raise UnsafeKeyError(f"key {key!r} leaves the storage root")
+    return key
+
+
+class Storage(ABC):
+    """A root (folder or bucket prefix) holding objects addressed by relative keys."""
+
+    uri: str
+
+    @abstractmethod
+    def list(self) -> Iterator[str]:
+        """Every object key below the root, recursively, in sorted order."""
+
+    @abstractmethod
+    def read(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Write atomically: readers see the old object, the new one, or none; never a part."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def child(self, prefix: str) -> Storage:
+        """The storage rooted at ``prefix`` below this root."""
+
+    def copy_to(self, key: str, dest: Storage, dest_key: str | None = None) -> None:
+        """Copy ``key`` to ``dest_key`` (default: the same key) in ``dest``.
+
+        Generic read-then-write, so any two backends can be combined and the write
+        keeps ``dest``'s atomicity. Backends override it when they can copy without
+        the bytes passing through this process (S3 server-side copy).
+        """
+        target = check_key(key if dest_key is None else dest_key)  # refuse before reading
+        dest.write(target, self.read(key))
+
+    def uri_of(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{check_key(key)}"
+
+    def read_text(self, key: str) -> str:
+        return self.read(key).decode("utf-8")
+
+    def write_text(self, key: str, text: str) -> None:
+        self.write(key, text.encode("utf-8"))
+
+
+def open_storage(uri: str, *, s3_client: Any = None) -> Storage:
+    """A storage for a local path or an ``s3://bucket/prefix`` URI.
+
+    ``s3_client`` is a boto3 S3 client; the operators build it from an Airflow
+    connection, the CLI from the standard AWS credential chain.
+    """
+    if uri.startswith("s3://"):
+        from airflow_privacy.storage.s3 import S3Storage
+
+        if s3_client is None:
+            import boto3
+
+            s3_client = boto3.client("s3")
+        return S3Storage(uri, s3_client)
+    from airflow_privacy.storage.local import LocalStorage
+
+    return LocalStorage(uri)

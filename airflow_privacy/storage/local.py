@@ -1,0 +1,70 @@
+"""Local folders as storage, with atomic writes and no escape through symlinks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from airflow_privacy.storage.base import Storage, StorageError, UnsafeKeyError, check_key
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = self.root / check_key(key)
+        resolved_root = self.root.resolve()
+        try:
+            path.resolve().relative_to(resolved_root)
+        except ValueError:
+            raise UnsafeKeyError(f"{key!r} resolves outside {self.root}") from None
+        return path
+
+    def list(self) -> Iterator[str]:
+        """Every file below the root. Symlinks are listed, not followed: reading one
+        that leaves the root raises :class:`UnsafeKeyError`, so the caller can record
+        the rejection instead of silently skipping the file."""
+        if not self.root.is_dir():
+            return iter(())
+        keys = [
+            (Path(dirpath) / filename).relative_to(self.root).as_posix()
+            for dirpath, _dirnames, filenames in os.walk(self.root)
+            for filename in filenames
+        ]
+        return iter(sorted(keys))
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.uri_of(key)}: {exc}") from exc
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.uri_of(key)}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def child(self, prefix: str) -> LocalStorage:
+        return LocalStorage(self.root / check_key(prefix))

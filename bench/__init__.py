@@ -1,0 +1,1 @@
+"""Benchmarks: measured evidence for recall, collateral damage and throughput claims."""
