@@ -100,3 +100,34 @@ def test_uncovered_person_next_to_a_region_fails(pipeline):
     result = pipeline.verifier.verify(image.pixels, out, [r.box for r in regions[1:]])
     assert not result.passed
     assert np.array_equal(out, out)
+
+
+def _blind_settings(rounds: int) -> RunSettings:
+    """Settings under which the pose model sees nobody: only the face verifier can object."""
+    base = RunSettings().to_dict()
+    base["detection"]["confidence"] = 0.999
+    base["verification"].update(confidence=0.999, covered_max_confidence=0.999,
+                                remediation_rounds=rounds)
+    return RunSettings.from_dict(base)
+
+
+def test_planted_face_missed_by_the_pose_model_fails_and_is_not_published(models, tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "zidane.jpg").write_bytes((SAMPLES / "zidane.jpg").read_bytes())
+    blind = Pipeline(_blind_settings(rounds=0))
+    result = run_batch(open_storage(str(source)), open_storage(str(tmp_path / "release")),
+                       open_storage(str(tmp_path / "report")), blind)
+    (record,) = result.records
+    assert record["persons_detected"] == 0
+    assert record["status"] == "quarantined"
+    assert {r["kind"] for r in record["verification"]["residuals"]} == {"face"}
+    assert not (tmp_path / "release" / "zidane.jpg").exists()
+
+
+def test_face_verifier_drives_remediation(models):
+    blind = Pipeline(_blind_settings(rounds=2))
+    outcome = blind.process("zidane.jpg", (SAMPLES / "zidane.jpg").read_bytes())
+    assert outcome.status == "verified"
+    assert {r["origin"] for r in outcome.record["regions"]} == {"remediation-face"}
+    assert len(outcome.record["regions"]) >= 2

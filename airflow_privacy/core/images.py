@@ -1,31 +1,116 @@
 """Decoding untrusted image bytes and encoding metadata-free outputs.
 
-Decoding applies the EXIF orientation first, so people are found and hidden
-in the orientation a viewer displays. Anything that cannot be decoded safely
-is rejected with a reason rather than guessed at. Encoding goes through
-OpenCV, which writes pixels only: no EXIF, GPS, XMP, IPTC, ICC or text chunks
-survive into an output.
+Inputs are untrusted. A file's name says nothing about its content, so the first bytes decide
+which decoder runs, and only six well-understood formats are decoded at all: PIL can open dozens,
+some of which (EPS through Ghostscript, for one) should never see arbitrary bytes. Every input
+either decodes completely or is rejected with an :class:`ImageRejected` whose ``code`` is stable
+for the manifest and whose message says what was found. Nothing is half-decoded: a truncated
+image is rejected, because a partly grey image cannot be promised to be correctly anonymized.
+
+Resource limits are checked from the header, before any pixel memory is allocated or any
+expensive work is done: ``max_pixels`` for every format (WebP from our own reading of its header,
+since PIL's WebP reader allocates the canvas while opening), and a cap on JPEG scans, since a
+small progressive JPEG with thousands of scans takes minutes to decode. PIL's global
+``MAX_IMAGE_PIXELS`` guard is left as it is: our own limit is checked first and says more.
+
+Decoding applies the EXIF orientation, so people are found and hidden in the orientation a viewer
+displays. Encoding goes through OpenCV, which writes pixels only: no EXIF, GPS, XMP, IPTC, ICC or
+text chunks survive into an output.
+
+Rejection codes: ``empty_file``, ``not_an_image``, ``unsupported_format``, ``too_many_pixels``,
+``too_many_scans``, ``empty_image``, ``multi_frame``, ``truncated``, ``corrupt``,
+``unsupported_pixel_format`` (decoding) and ``encode_failed`` (encoding).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (
+    BmpImagePlugin,
+    ExifTags,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
-# Our own pixel limit is checked from the header before any decoding; PIL's
-# global bomb guard is lifted so it does not pre-empt that clearer error.
-Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Largest accepted width x height; the settings' ``max_pixels`` default is the same."""
+
+MAX_JPEG_SCANS = 500
+"""Ordinary progressive JPEGs have about ten scans; libjpeg-turbo's own fuzzers stop at 500."""
 
 SUPPORTED_SUFFIXES = {
     ".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp",
     ".tif": ".tiff", ".tiff": ".tiff", ".bmp": ".bmp", ".gif": ".png",
+}
+
+# The decoders that may run, by the format name ``sniff_format`` returns. The plugin classes are
+# used directly (not ``Image.open``) so that no other PIL format is ever tried on the bytes and
+# PIL's global bomb guard does not pre-empt our own, clearer pixel limit. JPEG deliberately skips
+# PIL's MPO detection: of a multi-picture JPEG, the primary image is decoded, as viewers show it.
+_DECODERS: dict[str, type[ImageFile.ImageFile]] = {
+    "JPEG": JpegImagePlugin.JpegImageFile,
+    "PNG": PngImagePlugin.PngImageFile,
+    "GIF": GifImagePlugin.GifImageFile,
+    "TIFF": TiffImagePlugin.TiffImageFile,
+    "WEBP": WebPImagePlugin.WebPImageFile,
+    "BMP": BmpImagePlugin.BmpImageFile,
+}
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+)
+# Recognised content that is not decoded, so that a rejection can say what the file really is.
+_OTHER_IMAGES = (
+    (b"8BPS", "a Photoshop (PSD) image"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "a JPEG 2000 image"),
+    (b"\xffO\xffQ", "a JPEG 2000 image"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "a JPEG XL image"),
+    (b"\xff\n", "a JPEG XL image"),
+    (b"\x00\x00\x01\x00", "a Windows icon (ICO)"),
+    (b"%!PS", "a PostScript/EPS file"),
+    (b"\xc5\xd0\xd3\xc6", "a PostScript/EPS file"),
+)
+_NOT_IMAGES = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+# EXIF orientation -> the transpose that shows the stored pixels as a viewer displays them.
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")
+_ENCODE_PARAMS = {
+    ".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95],
+    ".jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95],
+    ".webp": [cv2.IMWRITE_WEBP_QUALITY, 95],
 }
 
 
@@ -40,9 +125,10 @@ class ImageRejected(ValueError):
 
 @dataclass
 class DecodedImage:
-    pixels: np.ndarray  # BGR uint8, H x W x 3, displayed orientation
+    pixels: np.ndarray  # BGR uint8, H x W x 3, displayed orientation, writable
     alpha: np.ndarray | None  # uint8 H x W, when the source had transparency
-    source_format: str
+    source_format: str  # what the content is ("JPEG", "PNG", ...), whatever the file's name
+    notes: tuple[str, ...] = ()  # decoded, but with something worth recording in the manifest
 
     @property
     def width(self) -> int:
@@ -66,78 +152,230 @@ def output_suffix(name: str) -> str:
     return SUPPORTED_SUFFIXES.get(PurePosixPath(name).suffix.lower(), ".png")
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Decode ``data`` to BGR pixels, or raise :class:`ImageRejected`."""
+def sniff_format(data: bytes) -> str | None:
+    """The decodable format of ``data`` judged from its content alone, or ``None``."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode ``data`` to BGR pixels in displayed orientation, or raise :class:`ImageRejected`."""
     if not data:
         raise ImageRejected("empty_file", "the file has zero bytes")
+    source_format = sniff_format(data)
+    if source_format is None:
+        raise _unrecognised(data)
+    _preflight(data, source_format, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise ImageRejected("not_an_image", "the bytes are not a recognised image format") from exc
+        image = _DECODERS[source_format](io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # PIL's WebP reader consults its global limit
+        raise ImageRejected("too_many_pixels", f"{source_format}: {exc}") from exc
     except Exception as exc:
-        raise ImageRejected("unreadable", f"cannot open image: {exc}") from exc
+        raise _undecodable(data, source_format, exc) from exc
     with image:
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise ImageRejected("empty_image", f"image has size {width}x{height}")
-        if width * height > max_pixels:
-            raise ImageRejected(
-                "too_many_pixels",
-                f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
-            )
-        frames = getattr(image, "n_frames", 1)
-        if frames > 1:
-            raise ImageRejected(
-                "multi_frame",
-                f"image has {frames} frames; only single-frame images are anonymized, "
-                "so none of it is published",
-            )
-        source_format = image.format or "UNKNOWN"
+        size = _checked_size(image, data, source_format, max_pixels)
+        # Another library in the same worker may have switched this on; a truncated image must
+        # fail here instead of coming back with its missing part filled in.
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
         try:
             image.load()
-            oriented = ImageOps.exif_transpose(image)
         except Exception as exc:
-            raise ImageRejected("truncated_or_corrupt", f"cannot decode image data: {exc}") from exc
-        return _to_bgr(oriented, source_format)
-
-
-def _to_bgr(image: Image.Image, source_format: str) -> DecodedImage:
-    alpha = None
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        raw = np.asarray(image, dtype=np.float64)
-        top = max(float(raw.max()), 1.0)
-        scale = 255.0 / (65535.0 if top > 255 else 255.0)
-        gray = np.clip(raw * scale, 0, 255).astype(np.uint8)
-        return DecodedImage(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), None, source_format)
-    if mode == "F":
-        raw = np.asarray(image, dtype=np.float64)
-        gray = np.clip(raw, 0, 255).astype(np.uint8)
-        return DecodedImage(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), None, source_format)
-    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = np.asarray(image.convert("RGBA"))
-        alpha = np.ascontiguousarray(rgba[:, :, 3])
-        rgb = rgba[:, :, :3]
-    else:
-        rgb = np.asarray(image.convert("RGB"))
-    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-    return DecodedImage(bgr, alpha, source_format)
+            raise _undecodable(data, source_format, exc) from exc
+        if image.size != size:
+            raise ImageRejected(
+                "corrupt", f"{source_format} header said {size}, the data decoded to {image.size}"
+            )
+        displayed, notes = _displayed(image)
+        return _to_bgr(displayed, source_format, notes)
 
 
 def encode_image(pixels: np.ndarray, suffix: str, alpha: np.ndarray | None = None) -> bytes:
-    """Encode BGR pixels (plus optional alpha) to ``suffix``'s format with no metadata."""
+    """Encode BGR pixels (plus optional alpha) to ``suffix``'s format with no metadata.
+
+    Alpha is kept where the format can hold it (PNG, WebP, TIFF) and dropped otherwise.
+    """
     suffix = suffix.lower()
-    if alpha is not None and suffix in (".png", ".webp", ".tiff"):
+    if alpha is not None and suffix in _ALPHA_SUFFIXES:
+        if alpha.shape != pixels.shape[:2]:
+            raise ImageRejected(
+                "encode_failed", f"alpha {alpha.shape} does not match pixels {pixels.shape[:2]}"
+            )
         pixels = np.dstack([pixels, alpha])
-    params: list[int] = []
-    if suffix == ".jpg":
-        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
-    elif suffix == ".webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, 95]
-    ok, buffer = cv2.imencode(suffix, pixels, params)
+    try:
+        ok, buffer = cv2.imencode(suffix, pixels, _ENCODE_PARAMS.get(suffix, []))
+    except cv2.error as exc:
+        raise ImageRejected("encode_failed", f"OpenCV cannot encode {suffix}: {exc}") from exc
     if not ok:
         raise ImageRejected("encode_failed", f"OpenCV could not encode a {suffix} image")
     return buffer.tobytes()
+
+
+# -- decoding steps -------------------------------------------------------------------------------
+
+
+def _preflight(data: bytes, source_format: str, max_pixels: int) -> None:
+    """Limits that must hold before PIL is given the bytes at all."""
+    if source_format == "WEBP" and (size := _webp_canvas(data)):
+        _check_pixels(size, source_format, max_pixels)
+    # Every scan starts with an SOS marker; entropy-coded data never contains one, so counting
+    # the marker bytes gives an upper bound (metadata may add a few stray matches).
+    if source_format == "JPEG" and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise ImageRejected(
+            "too_many_scans",
+            f"JPEG has {scans} scans (limit {MAX_JPEG_SCANS}); decoding it would take minutes",
+        )
+
+
+def _webp_canvas(data: bytes) -> tuple[int, int] | None:
+    """A WebP's canvas size from its first chunk, without decoding (None if it is too short)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        width, height = data[24:27], data[27:30]
+        return int.from_bytes(width, "little") + 1, int.from_bytes(height, "little") + 1
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = data[26:28], data[28:30]
+        return int.from_bytes(width, "little") & 0x3FFF, int.from_bytes(height, "little") & 0x3FFF
+    return None
+
+
+def _checked_size(
+    image: ImageFile.ImageFile, data: bytes, source_format: str, max_pixels: int
+) -> tuple[int, int]:
+    """The size to allocate, checked against the limit and the frame count before loading."""
+    _check_pixels(image.size, source_format, max_pixels)
+    try:
+        animated = bool(getattr(image, "is_animated", False))
+    except Exception as exc:
+        raise _undecodable(data, source_format, exc) from exc
+    if animated:
+        raise ImageRejected(
+            "multi_frame",
+            f"{source_format} has more than one frame; only single-frame images are "
+            "anonymized, so none of it is published",
+        )
+    # Looking for a second GIF frame re-reads the first, which can grow the canvas.
+    _check_pixels(image.size, source_format, max_pixels)
+    return image.size
+
+
+def _check_pixels(size: tuple[int, int], source_format: str, max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageRejected("empty_image", f"{source_format} header gives size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            "too_many_pixels",
+            f"{source_format} header gives {width}x{height} = {width * height} pixels, "
+            f"over the limit of {max_pixels}; not decoded",
+        )
+
+
+def _displayed(image: Image.Image) -> tuple[Image.Image, tuple[str, ...]]:
+    """The image as a viewer shows it, from its EXIF (or XMP) orientation.
+
+    Unreadable EXIF is not a reason to reject: outputs carry no EXIF, so the stored orientation
+    is exactly what gets published, and it is also what the detector sees. It is only noted.
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:
+        return image, (f"exif_unreadable: {exc or type(exc).__name__}; orientation not applied",)
+    method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
+    return (image.transpose(method) if method is not None else image), ()
+
+
+def _to_bgr(image: Image.Image, source_format: str, notes: tuple[str, ...]) -> DecodedImage:
+    """Writable, contiguous BGR uint8 pixels (and alpha), whatever PIL's mode."""
+    mode = image.mode
+    if mode in _GREY_16:
+        wide = np.asarray(image).astype(np.uint32)
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)  # 65535 -> 255, rounded
+        return DecodedImage(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), None, source_format, notes)
+    if mode in ("I", "F"):  # 32-bit integer or float samples: no single right 8-bit rendering
+        raise ImageRejected(
+            "unsupported_pixel_format", f"{source_format} has 32-bit {mode} samples"
+        )
+    try:
+        if image.has_transparency_data:
+            rgba = np.asarray(image.convert("RGBA"))
+            bgr = cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR)
+            return DecodedImage(bgr, rgba[:, :, 3].copy(), source_format, notes)
+        rgb = np.asarray(image.convert("RGB"))
+    except ValueError as exc:  # PIL has no conversion from this mode
+        raise ImageRejected(
+            "unsupported_pixel_format", f"{source_format} pixels in mode {mode}: {exc}"
+        ) from exc
+    return DecodedImage(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), None, source_format, notes)
+
+
+# -- explaining rejections ------------------------------------------------------------------------
+
+
+def _undecodable(data: bytes, source_format: str, exc: Exception) -> ImageRejected:
+    """``truncated`` when the data ends early, ``corrupt`` for anything else that fails."""
+    detail = str(exc) or type(exc).__name__
+    if "truncated" in detail.lower() or _container_longer_than(data, source_format):
+        return ImageRejected(
+            "truncated",
+            f"the {source_format} data ends early ({detail}); a partial image is not processed",
+        )
+    return ImageRejected(
+        "corrupt", f"the content starts like {source_format} but cannot be decoded: {detail}"
+    )
+
+
+def _container_longer_than(data: bytes, source_format: str) -> bool:
+    """Whether the file's own header points past its end (only asked once decoding failed)."""
+    if source_format == "WEBP" and len(data) >= 8:
+        return 8 + int.from_bytes(data[4:8], "little") > len(data)
+    if source_format == "TIFF" and data[2:4] in (b"*\x00", b"\x00*") and len(data) >= 8:
+        order = "little" if data[:2] == b"II" else "big"
+        return int.from_bytes(data[4:8], order) >= len(data)
+    return False
+
+
+def _unrecognised(data: bytes) -> ImageRejected:
+    """Say what the content is instead, when it is not one of the decodable formats."""
+    for prefix, what in _OTHER_IMAGES:
+        if data.startswith(prefix):
+            return _unsupported(what)
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return _unsupported("an AVIF image")
+        if brand in _HEIF_BRANDS:
+            return _unsupported("a HEIC/HEIF image")
+        return _not_an_image("an MP4/QuickTime media file")
+    for prefix, what in _NOT_IMAGES:
+        if data.startswith(prefix):
+            return _not_an_image(what)
+    head = data[:1024].removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    if all(byte >= 32 or byte in b"\t\n\r\f" for byte in head):
+        if b"<svg" in head:
+            return _unsupported("an SVG (vector) image")
+        if head.startswith(b"<!doctype html") or b"<html" in head:
+            return _not_an_image("HTML")
+        if head.startswith(b"<"):
+            return _not_an_image("XML or other markup")
+        return _not_an_image("plain text")
+    return _not_an_image(f"unrecognised binary data starting {data[:8].hex(' ')}")
+
+
+def _unsupported(what: str) -> ImageRejected:
+    return ImageRejected(
+        "unsupported_format",
+        f"the content is {what}; only JPEG, PNG, WebP, TIFF, BMP and GIF are decoded",
+    )
+
+
+def _not_an_image(what: str) -> ImageRejected:
+    return ImageRejected(
+        "not_an_image", f"the content is {what}, not an image (whatever the file is named)"
+    )

@@ -127,6 +127,13 @@ class Pipeline:
             device=d.device,
         )
         self.method = method or make_method(settings.anonymization.method)
+        v = settings.verification
+        if face_finder is None and v.faces:
+            from airflow_privacy.core.faces import CenterFace
+
+            face_finder = CenterFace(
+                v.face_model, confidence=v.face_confidence, input_size=v.face_input_size
+            )
         self.face_finder = face_finder
         self.verifier = Verifier(
             self.detector, settings.verification, settings.anonymization.target, face_finder
@@ -259,6 +266,8 @@ class Pipeline:
                     "covered_max_confidence": self.settings.verification.covered_max_confidence,
                     "min_coverage": self.settings.verification.min_coverage,
                     "max_retention": self.settings.verification.max_retention,
+                    "faces": self.settings.verification.faces,
+                    "face_confidence": self.settings.verification.face_confidence,
                 },
             },
             "metadata_stripped": True,

@@ -63,6 +63,10 @@ class VerificationSettings:
     min_coverage: float = 0.9
     max_retention: float = 0.25
     remediation_rounds: int = 2
+    faces: bool = True
+    face_model: str = "centerface.onnx"
+    face_confidence: float = 0.5
+    face_input_size: int = 640
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class RunSettings:
             raise SettingsError(f"min_coverage {v.min_coverage} is not in (0, 1]")
         if a.padding < 0:
             raise SettingsError(f"padding {a.padding} is negative")
+        if not 0.0 < v.face_confidence <= 1.0:
+            raise SettingsError(f"face confidence {v.face_confidence} is not in (0, 1]")
         if v.remediation_rounds < 0:
             raise SettingsError("remediation_rounds must be >= 0")
         return self

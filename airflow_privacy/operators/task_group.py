@@ -64,6 +64,7 @@ def anonymization_task_group(
         validate = ValidateManifestOperator(
             task_id="validate_manifest", work=work, report=report, shards=shards.output,
             settings=settings, max_error_rate=max_error_rate, aws_conn_id=aws_conn_id,
+            multiple_outputs=True,  # so publish can pin the manifest_sha256 key alone
         )
         publish = PublishReleaseOperator(
             task_id="publish", work=work, report=report, release=release, policy=policy,
