@@ -43,5 +43,6 @@ def test_partially_covered_person_is_not_covered():
 
 
 def test_merge_duplicates_keeps_best():
-    keep = merge_duplicates([(0, 0, 10, 10), (1, 0, 11, 10), (50, 50, 60, 60)], [0.5, 0.9, 0.3], 0.5)
+    boxes = [(0, 0, 10, 10), (1, 0, 11, 10), (50, 50, 60, 60)]
+    keep = merge_duplicates(boxes, [0.5, 0.9, 0.3], 0.5)
     assert keep == [1, 2]

@@ -15,13 +15,6 @@ from typing import Any
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.stub import Stubber
-from tests.s3_server import (
-    FAKE_ACCESS_KEY_ID,
-    FAKE_SECRET_ACCESS_KEY,
-    MotoServer,
-    airflow_s3_connection,
-    new_bucket_name,
-)
 
 from airflow_privacy.storage import (
     Storage,
@@ -32,6 +25,13 @@ from airflow_privacy.storage import (
 )
 from airflow_privacy.storage.local import LocalStorage
 from airflow_privacy.storage.s3 import S3Storage, parse_s3_uri
+from tests.s3_server import (
+    FAKE_ACCESS_KEY_ID,
+    FAKE_SECRET_ACCESS_KEY,
+    MotoServer,
+    airflow_s3_connection,
+    new_bucket_name,
+)
 
 UNSAFE_KEYS = ["../x", "/etc/passwd", "a/../../x", "a/..", "..", "", "a\x00b", "\\x"]
 

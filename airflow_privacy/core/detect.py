@@ -99,12 +99,12 @@ def head_box(
     if seen.sum() == 1:
         side = 0.5 * person_width
     else:
-        estimates = [2.5 * float(np.ptp(visible, axis=0).max()), 0.25 * person_width]
+        estimates = [2.5 * float(np.ptp(visible, axis=0).max())]
         if seen[3] and seen[4]:
             estimates.append(1.3 * float(np.linalg.norm(face[3, :2] - face[4, :2])))
         if seen[1] and seen[2]:
             estimates.append(2.5 * float(np.linalg.norm(face[1, :2] - face[2, :2])))
-        side = max(estimates[1], min(estimates[0], *estimates[2:]) if estimates[2:] else estimates[0])
+        side = max(0.25 * person_width, min(estimates))
     side = max(side, 8.0)
     return clip_box(
         (cx - side / 2, cy - 0.7 * side, cx + side / 2, cy + 0.6 * side), width, height
@@ -160,8 +160,10 @@ class PersonDetector:
         found: list[PersonDetection] = []
         for index, result in enumerate(results):
             mirrored = index == 1
-            boxes = result.boxes.xyxy.cpu().numpy() if result.boxes is not None else np.empty((0, 4))
-            scores = result.boxes.conf.cpu().numpy() if result.boxes is not None else np.empty(0)
+            if result.boxes is not None:
+                boxes, scores = result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()
+            else:
+                boxes, scores = np.empty((0, 4)), np.empty(0)
             kpts = None
             if getattr(result, "keypoints", None) is not None and result.keypoints.data.numel():
                 kpts = result.keypoints.data.cpu().numpy().copy()

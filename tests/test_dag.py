@@ -1,0 +1,222 @@
+"""The example DAG end to end with ``dag.test()``, the stages on a bad input, and the GE gate.
+
+The DAG runs in a subprocess against a throwaway Airflow (see ``airflow_env``),
+then the test inspects what it left in storage: the release, the manifest and
+GE's ``validation.json``. What "anonymized" means is checked independently of
+the DAG: the detector is run on the originals here, and each person it finds
+must lie inside a manifest region whose pixels changed in the published image.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from airflow_privacy.core.geometry import covered_fraction, region_mask, to_pixels
+from airflow_privacy.core.images import sha256_bytes
+from airflow_privacy.storage import open_storage
+from tests.airflow_env import DAGS, airflow, json_output, migrate, run_dag_test
+
+DAG_ID = "example_anonymize_folder"
+DAG_FILE = DAGS / f"{DAG_ID}.py"
+SAMPLE_PEOPLE = {"bus.jpg": 4, "zidane.jpg": 2}
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory) -> dict[str, str]:
+    """A migrated throwaway Airflow; the environment to run its commands with."""
+    return migrate(tmp_path_factory.mktemp("airflow_home"))
+
+
+@pytest.fixture(scope="session")
+def demo_run(airflow_home, models, tmp_path_factory) -> dict:
+    """The example DAG run once on a copy of the ultralytics samples."""
+    from tests.conftest import SAMPLES
+
+    root = tmp_path_factory.mktemp("demo")
+    source = root / "source"
+    source.mkdir()
+    for name in SAMPLE_PEOPLE:
+        shutil.copy(SAMPLES / name, source / name)
+    output = root / "output"
+    result = run_dag_test(airflow_home, DAG_FILE, DAG_ID,
+                          {"source": str(source), "output": str(output)})
+    return {**result, "source": source, "output": output}
+
+
+def _manifest(output: Path) -> list[dict]:
+    lines = (output / "report" / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_the_example_dag_parses_without_import_errors(airflow_home):
+    listed = json_output(airflow(airflow_home, "dags", "list", "--local", "-o", "json"))
+    assert DAG_ID in {d["dag_id"] for d in listed}
+    errors = json_output(airflow(airflow_home, "dags", "list-import-errors", "--local",
+                                 "-o", "json"))
+    assert errors == []
+
+
+def test_parsing_the_dag_imports_no_model_or_validation_library(airflow_home):
+    code = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]);"
+        "heavy = {'torch', 'ultralytics', 'great_expectations', 'cv2'} & set(sys.modules);"
+        "print(sorted(heavy)); sys.exit(1 if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(DAG_FILE)], env=airflow_home,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_dag_run_succeeds_and_publishes_every_input(demo_run):
+    assert demo_run["state"] == "success", demo_run["log"][-4000:]
+    assert demo_run["tasks"] and set(demo_run["tasks"].values()) == {"success"}
+    mapped = [t for t in demo_run["tasks"] if t.startswith("anonymize_people.verify[")]
+    assert len(mapped) == len(SAMPLE_PEOPLE)  # shard_size=1: one mapped task per image
+    release = demo_run["output"] / "release"
+    assert sorted(p.name for p in release.iterdir()) == ["_SUCCESS", *sorted(SAMPLE_PEOPLE)]
+
+
+def test_the_manifest_is_complete_and_validated(demo_run, pipeline):
+    output = demo_run["output"]
+    records = _manifest(output)
+    expected_fields = set(pipeline.base_record("x", b"")) | {
+        "output_key", "quarantine", "timings_ms"}
+    assert sorted(r["source"] for r in records) == sorted(SAMPLE_PEOPLE)
+    for record in records:
+        assert set(record) == expected_fields
+        assert record["status"] == "verified"
+        assert record["verification"]["passed"] and not record["verification"]["residuals"]
+        assert record["persons_detected"] == SAMPLE_PEOPLE[record["source"]]
+        assert record["settings_key"] == pipeline.settings.key()
+        published = (output / "release" / record["output_key"]).read_bytes()
+        assert sha256_bytes(published) == record["output_sha256"]
+    manifest_sha = sha256_bytes((output / "report" / "manifest.jsonl").read_bytes())
+    validation = json.loads((output / "report" / "validation.json").read_text())
+    assert validation["success"] is True
+    assert validation["meta"]["manifest_sha256"] == manifest_sha
+    marker = json.loads((output / "release" / "_SUCCESS").read_text())
+    assert marker["manifest_sha256"] == manifest_sha and marker["published"] == 2
+    summary = json.loads((output / "report" / "summary.json").read_text())
+    assert summary["published"] == 2 and summary["persons_detected"] == 6
+
+
+def test_every_person_on_the_originals_is_anonymized_in_the_release(demo_run, pipeline):
+    import cv2
+
+    found = 0
+    for record in _manifest(demo_run["output"]):
+        original = pipeline.decode((demo_run["source"] / record["source"]).read_bytes())
+        released = cv2.imread(str(demo_run["output"] / "release" / record["output_key"]))
+        regions = [tuple(r["box"]) for r in record["regions"]]
+        mask = region_mask(regions, original.width, original.height)
+        diff = np.abs(original.pixels.astype(np.int16) - released.astype(np.int16)).mean(axis=2)
+        outside = diff[~mask].mean()  # JPEG re-encoding noise only
+        for person in pipeline.detect(original):
+            found += 1
+            assert covered_fraction(person.box, mask) >= 0.99, (record["source"], person.box)
+            x1, y1, x2, y2 = to_pixels(person.box, original.width, original.height)
+            assert diff[y1:y2, x1:x2].mean() > max(8.0, 3 * outside), (record["source"], person)
+    assert found == sum(SAMPLE_PEOPLE.values())
+
+
+def test_stages_turn_a_bad_input_into_an_error_record(pipeline, sample_dir, tmp_path):
+    from airflow_privacy.core import stages
+    from airflow_privacy.core.expectations import validate_manifest
+
+    (sample_dir / "bus.jpg").unlink()
+    (sample_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (tmp_path / "outside.jpg").write_bytes((sample_dir / "zidane.jpg").read_bytes())
+    (sample_dir / "escape.jpg").symlink_to(tmp_path / "outside.jpg")
+    source = open_storage(str(sample_dir))
+    work, report = open_storage(str(tmp_path / "work")), open_storage(str(tmp_path / "report"))
+    shards = stages.list_shards(source, 8, work=work)
+    assert shards == [{"shard_id": "00000", "keys": ["broken.jpg", "escape.jpg", "zidane.jpg"]}]
+    for stage in (stages.detect_shard, stages.anonymize_shard, stages.verify_shard):
+        stage(pipeline, source, work, shards[0])
+    records, _ = stages.assemble_manifest(work, report, shards)
+    by_source = {r["source"]: r for r in records}
+    broken = by_source["broken.jpg"]
+    assert broken["status"] == "error" and broken["error"]["code"]
+    assert broken["quarantine"] and Path(broken["quarantine"]).is_file()
+    assert set(broken) == set(by_source["zidane.jpg"])
+    assert by_source["escape.jpg"]["error"]["code"] == "unsafe_path"
+    assert by_source["zidane.jpg"]["status"] == "verified"
+    assert work.exists("staging/zidane.jpg") and not work.exists("staging/broken.jpg")
+    assert validate_manifest(records, shards[0]["keys"], report=report, max_error_rate=0.7).success
+
+
+def test_list_shards_cuts_sorted_images_and_records_what_it_ignored(tmp_path):
+    from airflow_privacy.core.stages import PLAN, list_shards
+
+    for name in ("b.png", "a.jpg", "sub/c.jpeg", "notes.txt", ".hidden.jpg", "_SUCCESS"):
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(b"x")
+    source, work = open_storage(str(tmp_path / "src")), open_storage(str(tmp_path / "work"))
+    shards = list_shards(source, 2, work=work)
+    assert shards == [
+        {"shard_id": "00000", "keys": ["a.jpg", "b.png"]},
+        {"shard_id": "00001", "keys": ["sub/c.jpeg"]},
+    ]
+    plan = json.loads(work.read_text(PLAN))
+    assert plan["shards"] == shards
+    assert sorted(plan["ignored"]) == [".hidden.jpg", "_SUCCESS", "notes.txt"]
+    assert list_shards(open_storage(str(tmp_path / "empty")), 2) == []
+    with pytest.raises(ValueError):
+        list_shards(source, 0)
+
+
+def _record(source: str, status: str = "verified") -> dict:
+    verified = status == "verified"
+    return {
+        "source": source,
+        "status": status,
+        "output_sha256": "ab" * 32 if verified else None,
+        "verification": {"passed": verified, "residuals": []},
+        "error": None if verified else {"code": "decode_failed", "message": "not an image"},
+        "quarantine": None,
+    }
+
+
+def test_the_gate_fails_on_a_residual_among_verified_records_and_nothing_is_published(tmp_path):
+    from airflow_privacy.core.expectations import ManifestValidationError, validate_manifest
+    from airflow_privacy.core.manifest import write_manifest
+    from airflow_privacy.core.publish import PublishRefused
+    from airflow_privacy.core.stages import publish_release
+
+    records = [_record("a.jpg"), _record("b.jpg")]
+    records[1]["verification"]["residuals"] = [
+        {"kind": "face", "box": [1, 2, 30, 40], "confidence": 0.7, "covered": 0.2}]
+    report, work, release = (open_storage(str(tmp_path / n)) for n in ("report", "work", "rel"))
+    sha = write_manifest(report, records)
+    with pytest.raises(ManifestValidationError) as failure:
+        validate_manifest(records, ["a.jpg", "b.jpg"], report=report, manifest_sha256=sha)
+    message = str(failure.value)
+    assert "zero residual persons/faces" in message and "b.jpg" in message
+    assert failure.value.failed == [line for line in failure.value.failed if "residual" in line]
+    assert json.loads(report.read_text("validation.json"))["success"] is False
+    with pytest.raises(PublishRefused, match="failed validation"):
+        publish_release(report, work, release, "publish_passing", manifest_sha256=sha)
+    assert list(release.list()) == []
+
+
+def test_the_gate_accounts_for_every_input_and_bounds_the_error_rate():
+    from airflow_privacy.core.expectations import ManifestValidationError, validate_manifest
+
+    good = [_record("a.jpg"), _record("b.jpg"), {**_record("c.jpg", "error"), "quarantine": "q"}]
+    assert validate_manifest(good, ["a.jpg", "b.jpg", "c.jpg"], max_error_rate=0.5).success
+    with pytest.raises(ManifestValidationError, match="error rate bound"):
+        validate_manifest(good, ["a.jpg", "b.jpg", "c.jpg"], max_error_rate=0.1)
+    with pytest.raises(ManifestValidationError, match="one record per listed input"):
+        validate_manifest(good[:2], ["a.jpg", "b.jpg", "c.jpg"], max_error_rate=0.5)
+    unexplained = [_record("a.jpg"), {**_record("c.jpg", "error"), "error": {"code": None}}]
+    with pytest.raises(ManifestValidationError) as failure:
+        validate_manifest(unexplained, ["a.jpg", "c.jpg"], max_error_rate=0.5)
+    assert "error code" in str(failure.value) and "quarantine path or a reason" in str(
+        failure.value)
