@@ -22,6 +22,7 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "Image anonymization",
                 "python-modules": [
+                    "airflow_privacy.operators.shards",
                     "airflow_privacy.operators.detect",
                     "airflow_privacy.operators.anonymize",
                     "airflow_privacy.operators.verify",

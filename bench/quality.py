@@ -537,6 +537,8 @@ def recipe_name(options: dict[str, Any], settings: RunSettings) -> str:
         f"{a.method}/{a.target} pad {a.padding}: conf {d.confidence} @{d.image_size}"
         f"{' flip' if d.flip else ''}; verify {v.confidence}{' flip' if v.flip else ''}"
     )
+    if v.remediation_rounds != VerificationSettings().remediation_rounds:
+        name += f" rem {v.remediation_rounds}"
     if options["faces"]:
         name += f" +faces {options['face_conf']}@{options['face_size']}"
     return name

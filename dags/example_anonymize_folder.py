@@ -9,8 +9,10 @@ environment, so a trigger can point it elsewhere without editing the file:
   (what passed), ``report/`` (manifest, summary, validation) and ``work/<run_id>/``.
 * ``AIRFLOW_PRIVACY_DEMO_AWS_CONN_ID``: a connection for ``s3://`` locations.
 
-Parsing this file imports neither ultralytics nor torch: the default source is
-found with ``importlib.util.find_spec``.
+Params ``target``, ``method`` and ``policy`` choose what is hidden, how, and
+whether one failed image withholds the whole release. Parsing this file imports
+neither ultralytics, torch nor OpenCV: the default source is found with
+``importlib.util.find_spec``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param
 
-from airflow_privacy.core.settings import RunSettings
 from airflow_privacy.operators.task_group import anonymization_task_group
 
 
@@ -48,6 +49,8 @@ with DAG(
         "source": Param(SOURCE, type="string", description="folder or s3:// prefix of images"),
         "output": Param(OUTPUT, type="string", description="folder or s3:// prefix for results"),
         "policy": Param("publish_passing", enum=["publish_passing", "all_or_nothing"]),
+        "target": Param("person", enum=["person", "head"], description="what to hide"),
+        "method": Param("blur", enum=["blur", "pixelate", "fill"], description="how to hide it"),
     },
     doc_md=__doc__,
 ) as dag:
@@ -56,7 +59,9 @@ with DAG(
         release="{{ params.output }}/release",
         work="{{ params.output }}/work/{{ run_id | replace(':', '-') | replace('+', '-') }}",
         report="{{ params.output }}/report",
-        settings=RunSettings().to_dict(),
+        # Any part of RunSettings.to_dict(); what is left out takes the defaults.
+        settings={"anonymization": {"target": "{{ params.target }}",
+                                    "method": "{{ params.method }}"}},
         policy="{{ params.policy }}",
         aws_conn_id=os.environ.get("AIRFLOW_PRIVACY_DEMO_AWS_CONN_ID"),
         shard_size=1,

@@ -105,6 +105,7 @@ def test_the_manifest_is_complete_and_validated(demo_run, pipeline):
     assert marker["manifest_sha256"] == manifest_sha and marker["published"] == 2
     summary = json.loads((output / "report" / "summary.json").read_text())
     assert summary["published"] == 2 and summary["persons_detected"] == 6
+    assert summary["settings_key"] == pipeline.settings.key()
 
 
 def test_every_person_on_the_originals_is_anonymized_in_the_release(demo_run, pipeline):

@@ -37,6 +37,8 @@ from pathlib import PurePosixPath
 import cv2
 import numpy as np
 from PIL import (
+
+from airflow_privacy.core.settings import DEFAULT_MAX_PIXELS
     BmpImagePlugin,
     ExifTags,
     GifImagePlugin,
@@ -48,7 +50,6 @@ from PIL import (
     WebPImagePlugin,
 )
 
-DEFAULT_MAX_PIXELS = 50_000_000
 """Largest accepted width x height; the settings' ``max_pixels`` default is the same."""
 
 MAX_JPEG_SCANS = 100

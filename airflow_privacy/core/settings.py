@@ -11,12 +11,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from airflow_privacy.core.images import DEFAULT_MAX_PIXELS
-
 Target = Literal["person", "head"]
 MethodName = Literal["blur", "pixelate", "fill"]
 
 DEFAULT_MODEL = "yolo11n-pose.pt"
+DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb guard, checked from the header
 
 
 class SettingsError(ValueError):

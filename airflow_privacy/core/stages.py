@@ -173,7 +173,7 @@ def assemble_manifest(
     records = [r for shard in shards for r in _read_entries(work, RECORDS, shard).values()]
     manifest_sha256 = write_manifest(report, records)
     ignored = json.loads(work.read_text(PLAN))["ignored"] if work.exists(PLAN) else []
-    run = RunSettings.from_dict(settings) if settings is not None else None
+    run = RunSettings.from_dict(settings or {})
     summary = summarize(
         records,
         published=None,
@@ -181,8 +181,8 @@ def assemble_manifest(
         ignored=len(ignored),
         policy=policy,
         manifest_sha256=manifest_sha256,
-        settings=run.to_dict() if run else None,
-        settings_key=run.key() if run else None,
+        settings=run.to_dict(),
+        settings_key=run.key(),
         release=None,
     )
     write_summary(report, summary)
