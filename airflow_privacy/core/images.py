@@ -37,8 +37,6 @@ from pathlib import PurePosixPath
 import cv2
 import numpy as np
 from PIL import (
-
-from airflow_privacy.core.settings import DEFAULT_MAX_PIXELS
     BmpImagePlugin,
     ExifTags,
     GifImagePlugin,
@@ -50,7 +48,7 @@ from airflow_privacy.core.settings import DEFAULT_MAX_PIXELS
     WebPImagePlugin,
 )
 
-"""Largest accepted width x height; the settings' ``max_pixels`` default is the same."""
+from airflow_privacy.core.settings import DEFAULT_MAX_PIXELS  # largest accepted width x height
 
 MAX_JPEG_SCANS = 100
 """Ordinary progressive JPEGs have about ten scans. Each scan is a pass over the whole image
