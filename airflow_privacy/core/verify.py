@@ -5,8 +5,9 @@ An output fails when
 * a person re-detected at the verifier's (stricter) settings is not covered by
   the anonymized regions (for the ``head`` target: a re-detected person's head
   region, where the pose model still sees a face keypoint),
-* a person (head) is re-detected inside the regions at ``covered_max_confidence``
-  or more: still a person at detection strength, so not anonymized,
+* for the ``person`` target, a person is re-detected inside the regions at
+  ``covered_max_confidence`` or more: still a person at detection strength,
+  so not anonymized,
 * a face found by the independent face detector (when configured) is not covered, or
 * an anonymized region keeps too much detail: :func:`detail_retention`
   (how much of the region's size-relative Laplacian detail survives) exceeds
@@ -168,10 +169,13 @@ class Verifier:
             else:
                 box, kind = person.box, "person"
             covered = covered_fraction(box, mask)
-            if (
-                covered < self.settings.min_coverage
-                or person.confidence >= self.settings.covered_max_confidence
-            ):
+            # For the head target the body stays visible on purpose, so the
+            # person's own confidence says nothing about the head: there the
+            # face verifier and the retention check judge what is inside.
+            still_a_person = (
+                kind == "person" and person.confidence >= self.settings.covered_max_confidence
+            )
+            if covered < self.settings.min_coverage or still_a_person:
                 result.residuals.append(Residual(kind, box, person.confidence, covered))
         if self.face_finder is not None:
             for box, confidence in self.face_finder.detect(anonymized):

@@ -1,0 +1,1 @@
+"""System tests: a real Airflow cluster (``pytest -m system tests/system``)."""
