@@ -5,27 +5,40 @@ Reads every image below the source root, processes each with the
 quarantines the rest with their reasons, writes the manifest, and only then
 publishes. A bad file never stops the batch; a storage outage does (it is
 retryable, and nothing has been published at that point).
+
+Images are processed by a small pool of worker threads (``workers``, default
+:data:`DEFAULT_WORKERS`) through a bounded window: while one image is in the
+model (which releases the GIL, and which :class:`PersonDetector` runs one call
+at a time), another is read, decoded, blurred, encoded, hashed or written.
+At most ``workers + 1`` images are in memory at once, whatever the batch size,
+and records come back in input order, so the manifest and the log do not
+depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from airflow_privacy.core.images import is_image_name, output_suffix
 from airflow_privacy.core.manifest import summarize, write_manifest, write_summary
+from airflow_privacy.core.naming import COLLISION, Namer, collision_message, find_collisions
 from airflow_privacy.core.pipeline import STATUS_ERROR, ImageOutcome, Pipeline
 from airflow_privacy.core.publish import Policy, publish
+from airflow_privacy.core.report import write_report
 from airflow_privacy.storage import Storage, StorageError, UnsafeKeyError
 
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"
 QUARANTINE = "quarantine"
+DEFAULT_WORKERS = 2  # one image in the model, one in I/O and pre/post-processing
 
 
 @dataclass
@@ -52,8 +65,11 @@ def list_inputs(source: Storage) -> tuple[list[str], list[str]]:
     return images, ignored
 
 
-def output_key(key: str) -> str:
-    """Same relative path and name as the input, unless we cannot write its format (GIF)."""
+def output_key(key: str, namer: Namer | None = None) -> str:
+    """Same relative path and name as the input, unless we cannot write its format (GIF);
+    with ``namer``, its pseudonym instead (see :mod:`airflow_privacy.core.naming`)."""
+    if namer is not None:
+        return namer(key)
     path = PurePosixPath(key)
     suffix = output_suffix(key)
     if path.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff") or suffix == path.suffix.lower():
@@ -75,21 +91,28 @@ def unsafe_outcome(key: str, exc: UnsafeKeyError) -> ImageOutcome:
 
     Shared with :mod:`airflow_privacy.core.stages` so both paths record it alike.
     """
+    return error_outcome(key, "unsafe_path", str(exc))
+
+
+def error_outcome(key: str, code: str, message: str) -> ImageOutcome:
+    """The error record of an input refused before it was read."""
     record = {"source": key, "status": STATUS_ERROR, "input_sha256": None,
-              "error": {"code": "unsafe_path", "message": str(exc)}}
+              "error": {"code": code, "message": message}}
     return ImageOutcome(record)
 
 
 def settle(
-    outcome: ImageOutcome, key: str, source: Storage, staging: Storage, quarantine: Storage
+    outcome: ImageOutcome, key: str, source: Storage, staging: Storage, quarantine: Storage,
+    *, name: str | None = None,
 ) -> dict[str, Any]:
     """Give an outcome its place: verified output to staging, anything else to quarantine.
 
-    Completes the record with ``output_key`` and ``quarantine``. Shared by the
-    fused batch and the Airflow verify stage, so their manifests have one shape.
+    Completes the record with ``output_key`` (``name``, default :func:`output_key`)
+    and ``quarantine``. Shared by the fused batch and the Airflow verify stage, so
+    their manifests have one shape.
     """
     record = outcome.record
-    record["output_key"] = output_key(key)
+    record["output_key"] = name or output_key(key)
     record["quarantine"] = None
     if record["status"] == "verified" and outcome.output is not None:
         staging.write(record["output_key"], outcome.output)
@@ -106,15 +129,28 @@ def run_batch(
     *,
     policy: Policy = "publish_passing",
     progress: Callable[[Iterable[str]], Iterable[str]] | None = None,
+    namer: Namer | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> BatchResult:
+    """``namer``: publish under pseudonyms (:class:`~airflow_privacy.core.naming.Pseudonymizer`).
+
+    ``workers``: images processed concurrently (1: strictly one after the other).
+    """
     started = time.perf_counter()
     keys, ignored = list_inputs(source)
+    names = {key: output_key(key, namer) for key in keys}
+    clashes = find_collisions(keys, names.__getitem__)
     staging = report.child(STAGING)
     quarantine = report.child(QUARANTINE)
+    def one(key: str) -> dict[str, Any]:
+        if key in clashes:  # never published under another input's name
+            outcome = error_outcome(key, COLLISION, collision_message(key, clashes[key]))
+        else:
+            outcome = process_key(pipeline, source, key)
+        return settle(outcome, key, source, staging, quarantine, name=names[key])
+
     records = []
-    for key in progress(keys) if progress else keys:
-        outcome = process_key(pipeline, source, key)
-        record = settle(outcome, key, source, staging, quarantine)
+    for key, record in in_order(one, keys, workers=workers, progress=progress):
         records.append(record)
         log.info("%s: %s", key, record["status"])
     manifest_sha256 = write_manifest(report, records)
@@ -137,7 +173,47 @@ def run_batch(
         release=release.uri,
     )
     write_summary(report, summary)
+    write_report(report, records, summary, release)
     return BatchResult(summary, records)
+
+
+def in_order(
+    job: Callable[[str], dict[str, Any]],
+    keys: list[str],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    progress: Callable[[Iterable[str]], Iterable[str]] | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(key, job(key))`` for every key, in order, with up to ``workers`` jobs running.
+
+    The window of submitted jobs is ``workers + 1``: the next image is already
+    being read when a worker frees up, yet memory stays bounded. ``progress``
+    wraps the keys as they complete. The first exception (a storage outage)
+    stops the batch: jobs not yet started are cancelled, running ones finish.
+    """
+    ticks = progress(keys) if progress else keys
+    if workers <= 1:
+        for key in ticks:
+            yield key, job(key)
+        return
+    pending: deque[tuple[str, Future[dict[str, Any]]]] = deque()
+    upcoming = iter(keys)
+    with ThreadPoolExecutor(workers, thread_name_prefix="anonymize") as pool:
+        try:
+            for key in upcoming:
+                pending.append((key, pool.submit(job, key)))
+                if len(pending) > workers:
+                    break
+            for _ in ticks:
+                key, future = pending.popleft()
+                record = future.result()
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append((following, pool.submit(job, following)))
+                yield key, record
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def _quarantine(

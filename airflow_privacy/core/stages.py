@@ -6,23 +6,33 @@ different workers, so nothing passes between stages except files below the
 
     plan.json                      the shards and the ignored keys (list_shards)
     detections/{shard_id}.jsonl    people found per input (detect_shard)
-    anonymized/{shard_id}.jsonl    regions and staged output per input (anonymize_shard)
-    staging/{output_key}           the anonymized bytes awaiting publication
+    anonymized/{shard_id}.jsonl    regions and candidate output per input (anonymize_shard)
+    candidates/{output_key}        the anonymized bytes awaiting verification
+    staging/{output_key}           verified outputs only, awaiting publication
     records/{shard_id}.jsonl       final manifest records (verify_shard)
     quarantine/{source_key}        what failed, kept for review
+    {stage}/{shard_id}/{hash}.json one checkpoint per finished input of each stage
 
-Every stage rewrites its own shard files, so an Airflow retry is safe. Each
-stage re-reads the source and checks its sha256 against the detection stage's,
-so an input that changed in between is rejected instead of being published
-with another image's regions. The record of each input is built with the same
-:class:`~airflow_privacy.core.pipeline.Pipeline` helpers and the same
+Every stage rewrites its own shard files, so an Airflow retry is safe, and
+each finished input leaves a checkpoint as soon as it is done: a retried or
+killed-and-restarted shard skips every input whose checkpoint matches the
+input's sha256 and the settings key (and, for the later stages, the earlier
+stage's result and the bytes in ``candidates``/``staging``), so it does only
+the missing work. Each stage returns how many inputs it ``skipped``.
+
+Each stage re-reads the source and checks its sha256 against the detection
+stage's, so an input that changed in between is rejected instead of being
+published with another image's regions. The record of each input is built with
+the same :class:`~airflow_privacy.core.pipeline.Pipeline` helpers and the same
 :func:`~airflow_privacy.core.batch.settle` as the fused CLI batch, so the two
 manifests have one shape.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,19 +52,35 @@ from airflow_privacy.core.manifest import (
 )
 from airflow_privacy.core.pipeline import STATUS_ERROR, ImageOutcome, Pipeline, Region
 from airflow_privacy.core.publish import Policy, PublishRefused, publish
+from airflow_privacy.core.report import write_report_from
 from airflow_privacy.core.settings import RunSettings
-from airflow_privacy.storage import Storage, UnsafeKeyError
+from airflow_privacy.storage import Storage, StorageError, TransientStorageError, UnsafeKeyError
+
+log = logging.getLogger(__name__)
 
 PLAN = "plan.json"
 DETECTIONS, ANONYMIZED, RECORDS = "detections", "anonymized", "records"
-STAGING, QUARANTINE = "staging", "quarantine"
+CANDIDATES, STAGING, QUARANTINE = "candidates", "staging", "quarantine"
 
 Shard = dict[str, Any]  # {"shard_id": "00000", "keys": [...]}: small, JSON, XCom-friendly
 
 
+_PIPELINES: dict[str, Pipeline] = {}
+
+
 def build_pipeline(settings: dict[str, Any] | None) -> Pipeline:
-    """The pipeline every stage uses, from the serialized settings the operators carry."""
-    return Pipeline(RunSettings.from_dict(settings or {}))
+    """The pipeline every stage uses, from the serialized settings the operators carry.
+
+    The last one built is kept per process (by settings key), so tasks that run
+    in one interpreter (``dag.test()``, a worker reusing its process) load the
+    models once. It holds no run state: every stage result lives in ``work``.
+    """
+    run = RunSettings.from_dict(settings or {})
+    key = run.key()
+    if key not in _PIPELINES:
+        _PIPELINES.clear()  # one set of models in memory at a time
+        _PIPELINES[key] = Pipeline(run)
+    return _PIPELINES[key]
 
 
 def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None) -> list[Shard]:
@@ -77,11 +103,18 @@ def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None
 
 
 def detect_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard) -> dict:
-    """Decode and detect people on each input; bad inputs get an error entry."""
-    entries = []
+    """Decode and detect people on each input; bad inputs get an error entry.
+
+    An input whose checkpoint has the same input sha256 and settings key is not
+    detected again (counted in ``skipped``).
+    """
+    settings_key = pipeline.settings.key()
+    done = _load_checkpoints(work, DETECTIONS, shard)
+    entries, skipped = [], 0
     for key in shard["keys"]:
         entry: dict[str, Any] = {"source": key, "input_sha256": None, "image": None,
-                                 "detections": [], "error": None, "timings_ms": {}}
+                                 "detections": [], "error": None, "timings_ms": {},
+                                 "settings_key": settings_key}
         try:
             data = source.read(key)
         except UnsafeKeyError as exc:
@@ -89,6 +122,11 @@ def detect_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
             entries.append(entry)
             continue
         entry["input_sha256"] = sha256_bytes(data)
+        prior = done.get(key)
+        if prior is not None and _same_input(prior, entry):
+            entries.append(prior)
+            skipped += 1
+            continue
         try:
             clock = time.perf_counter()
             image = pipeline.decode(data)
@@ -102,21 +140,40 @@ def detect_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
             entry["error"] = {"code": exc.code, "message": exc.message}
         else:
             entry["detections"] = [_detection_entry(d) for d in found]
+        _save_checkpoint(work, DETECTIONS, shard, entry)
         entries.append(entry)
     _write_entries(work, DETECTIONS, shard, entries)
-    return _counts(shard, entries, persons=sum(len(e["detections"]) for e in entries))
+    return _finish(DETECTIONS, shard, entries, skipped,
+                   persons=sum(len(e["detections"]) for e in entries))
 
 
 def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard) -> dict:
-    """Plan regions from the detections, anonymize, encode and stage each output."""
+    """Plan regions from the detections, anonymize, encode, and keep each output in
+    ``candidates`` for verification.
+
+    An input whose checkpoint has the same input sha256, settings key and
+    detections, and whose candidate bytes are still there unchanged, is not
+    anonymized again (counted in ``skipped``).
+    """
+    settings_key = pipeline.settings.key()
     detections = _read_entries(work, DETECTIONS, shard)
-    staging = work.child(STAGING)
-    entries = []
+    done = _load_checkpoints(work, ANONYMIZED, shard)
+    candidates = work.child(CANDIDATES)
+    entries, skipped = [], 0
     for key in shard["keys"]:
         found = detections[key]
         entry: dict[str, Any] = {"source": key, "output_key": output_key(key), "regions": [],
                                  "output_sha256": None, "error": found["error"],
-                                 "timings_ms": {}}
+                                 "timings_ms": {}, "input_sha256": found["input_sha256"],
+                                 "settings_key": settings_key,
+                                 "detections_sha256": _digest(found["detections"])}
+        prior = done.get(key)
+        if (entry["error"] is None and prior is not None and _same_input(prior, entry)
+                and prior["detections_sha256"] == entry["detections_sha256"]
+                and _holds(candidates, prior["output_key"], prior["output_sha256"])):
+            entries.append(prior)
+            skipped += 1
+            continue
         if entry["error"] is None:
             try:
                 clock = time.perf_counter()
@@ -127,33 +184,52 @@ def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: S
             except ImageRejected as exc:
                 entry["error"] = {"code": exc.code, "message": exc.message}
             else:
-                staging.write(entry["output_key"], output)
+                candidates.write(entry["output_key"], output)
                 entry["output_sha256"] = sha256_bytes(output)
                 entry["regions"] = [{"box": list(r.box), "origin": r.origin} for r in regions]
+                _save_checkpoint(work, ANONYMIZED, shard, entry)
         entries.append(entry)
     _write_entries(work, ANONYMIZED, shard, entries)
-    return _counts(shard, entries, regions=sum(len(e["regions"]) for e in entries))
+    return _finish(ANONYMIZED, shard, entries, skipped,
+                   regions=sum(len(e["regions"]) for e in entries))
 
 
 def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard) -> dict:
     """Verify each staged output (remediating within bounds) and write the final records.
 
-    Verified outputs stay staged (remediated bytes replace the first attempt);
-    everything else goes to quarantine, exactly as in the fused batch.
+    Verified outputs (remediated where needed) go to ``staging``, the only place
+    publishing reads from; everything else goes to quarantine, exactly as in the
+    fused batch. An input whose checkpoint has the same input sha256 and settings
+    key, was verified from the same candidate, and (if verified) whose staged
+    bytes still match its ``output_sha256`` is not verified again (``skipped``).
     """
+    settings_key = pipeline.settings.key()
     detections = _read_entries(work, DETECTIONS, shard)
     anonymized = _read_entries(work, ANONYMIZED, shard)
+    done = _load_checkpoints(work, RECORDS, shard)
+    candidates = work.child(CANDIDATES)
     staging, quarantine = work.child(STAGING), work.child(QUARANTINE)
-    records = []
+    records, skipped = [], 0
     for key in shard["keys"]:
-        outcome = _verify_one(pipeline, source, staging, key, detections[key], anonymized[key])
+        staged = anonymized[key]
+        prior = done.get(key)
+        if prior is not None and _verified_before(prior, source, staging, key, staged,
+                                                  settings_key):
+            records.append(prior["record"])
+            skipped += 1
+            continue
+        outcome = _verify_one(pipeline, source, candidates, key, detections[key], staged)
         record = settle(outcome, key, source, staging, quarantine)
-        if record["status"] != "verified":
-            staging.delete(record["output_key"])
+        if record["status"] != "verified" and (record["error"] or {}).get("code") != "unsafe_path":
+            staging.delete(record["output_key"])  # an unsafe key has no safe output key
+        if record.get("input_sha256"):
+            _save_checkpoint(work, RECORDS, shard, {
+                "source": key, "record": record, "settings_key": settings_key,
+                "candidate_sha256": staged["output_sha256"]})
         records.append(record)
     _write_entries(work, RECORDS, shard, records)
     by_status = {s: sum(r["status"] == s for r in records) for s in ("verified", "quarantined")}
-    return {**_counts(shard, records), **by_status}
+    return {**_finish(RECORDS, shard, records, skipped), **by_status}
 
 
 def assemble_manifest(
@@ -217,15 +293,17 @@ def publish_release(
             raise PublishRefused(f"{report.uri_of(VALIDATION)} records a failed validation")
         if (validation.get("meta") or {}).get("manifest_sha256") != actual:
             raise PublishRefused(f"{report.uri_of(VALIDATION)} validated another manifest")
-    released = publish(
-        loads_records(data), work.child(STAGING), release, policy=policy, manifest_sha256=actual
-    )
+    records = loads_records(data)
+    released = publish(records, work.child(STAGING), release, policy=policy,
+                       manifest_sha256=actual)
     if report.exists(SUMMARY):
         summary = json.loads(report.read_text(SUMMARY))
         summary.update(published=released["published"], withheld=released["withheld"],
                        policy=policy, release=release.uri)
         write_summary(report, summary)
-    return {k: v for k, v in released.items() if k != "keys"} | {"release": release.uri}
+    return ({k: v for k, v in released.items() if k != "keys"}
+            | {"images": len(records), "release": release.uri,
+               "report": write_report_from(report, release)})
 
 
 # -- one input through verification ------------------------------------------------------------
@@ -234,7 +312,7 @@ def publish_release(
 def _verify_one(
     pipeline: Pipeline,
     source: Storage,
-    staging: Storage,
+    candidates: Storage,
     key: str,
     found: dict[str, Any],
     staged: dict[str, Any],
@@ -254,7 +332,7 @@ def _verify_one(
             raise ImageRejected("source_changed", "the input changed after detection")
         image = pipeline.decode(data)
         record.update(width=image.width, height=image.height, format=image.source_format)
-        output = staging.read(staged["output_key"])
+        output = candidates.read(staged["output_key"])
         if sha256_bytes(output) != staged["output_sha256"]:
             raise ImageRejected("staging_changed", "the staged output changed after encoding")
         regions = [Region(tuple(r["box"]), r["origin"]) for r in staged["regions"]]
@@ -266,6 +344,98 @@ def _verify_one(
         return ImageOutcome(record)
     record.update(pipeline.result_fields([_detection(d) for d in found["detections"]], verified))
     return ImageOutcome(record, verified.output)
+
+
+def _verified_before(
+    prior: dict[str, Any],
+    source: Storage,
+    staging: Storage,
+    key: str,
+    staged: dict[str, Any],
+    settings_key: str,
+) -> bool:
+    """Whether ``prior`` (a verify checkpoint) still holds for this input, as it is now."""
+    record = prior["record"]
+    if prior.get("settings_key") != settings_key or record.get("settings_key") != settings_key:
+        return False
+    if prior.get("candidate_sha256") != staged["output_sha256"]:
+        return False  # verified another candidate (anonymize ran again, differently)
+    try:
+        data = source.read(key)
+    except UnsafeKeyError:
+        return False
+    if sha256_bytes(data) != record.get("input_sha256"):
+        return False
+    if record["status"] == "verified":
+        return _holds(staging, record["output_key"], record["output_sha256"])
+    return True
+
+
+# -- checkpoints: one object per finished input and stage ----------------------------------------
+
+
+def _checkpoint_name(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32] + ".json"
+
+
+def _save_checkpoint(work: Storage, stage: str, shard: Shard, entry: dict[str, Any]) -> None:
+    """Written after the input's other objects (candidate, staged, quarantined), atomically."""
+    name = f"{stage}/{shard['shard_id']}/{_checkpoint_name(entry['source'])}"
+    work.write(name, json.dumps(entry, sort_keys=True).encode("utf-8"))
+
+
+def _load_checkpoints(work: Storage, stage: str, shard: Shard) -> dict[str, dict[str, Any]]:
+    """This stage's checkpoints of the shard by source key: one listing, then reads."""
+    folder = work.child(f"{stage}/{shard['shard_id']}")
+    wanted = {_checkpoint_name(key): key for key in shard["keys"]}
+    found: dict[str, dict[str, Any]] = {}
+    for name in folder.list():
+        key = wanted.get(name)
+        if key is None:
+            continue
+        try:
+            entry = json.loads(folder.read(name))
+        except TransientStorageError:
+            raise
+        except (StorageError, ValueError):
+            continue  # gone meanwhile, or unreadable: recompute
+        if isinstance(entry, dict) and entry.get("source") == key:
+            found[key] = entry
+    return found
+
+
+def _same_input(prior: dict[str, Any], entry: dict[str, Any]) -> bool:
+    return bool(
+        prior.get("error") is None
+        and entry["input_sha256"]
+        and prior.get("input_sha256") == entry["input_sha256"]
+        and prior.get("settings_key") == entry["settings_key"]
+    )
+
+
+def _holds(storage: Storage, key: str | None, sha256: str | None) -> bool:
+    """``storage`` has ``key`` with exactly the bytes of ``sha256``."""
+    if not key or not sha256:
+        return False
+    try:
+        return sha256_bytes(storage.read(key)) == sha256
+    except TransientStorageError:
+        raise
+    except StorageError:
+        return False
+
+
+def _digest(value: Any) -> str:
+    return sha256_bytes(json.dumps(value, sort_keys=True).encode("utf-8"))
+
+
+def _finish(stage: str, shard: Shard, entries: list[dict], skipped: int,
+            **extra: int) -> dict[str, Any]:
+    result = _counts(shard, entries, skipped=skipped, computed=len(entries) - skipped, **extra)
+    if skipped:
+        log.info("%s of shard %s: %d of %d inputs already done (same input sha256 and "
+                 "settings), skipped", stage, shard["shard_id"], skipped, len(entries))
+    return result
 
 
 # -- shard files -------------------------------------------------------------------------------
