@@ -8,7 +8,7 @@ export AIRFLOW_PRIVACY_MODEL_DIR ?= $(CURDIR)/.cache/models
 export YOLO_OFFLINE ?= 1
 MODELS := $(AIRFLOW_PRIVACY_MODEL_DIR)/.fetched
 
-.PHONY: install models test demo bench lint clean
+.PHONY: install models system-deps test demo bench lint clean
 
 install: $(STAMP)
 
@@ -26,11 +26,14 @@ $(MODELS): $(STAMP) airflow_privacy/core/models.py
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) $(MODELS) lint
+system-deps:
+	bash scripts/system-deps.sh
+
+test: $(STAMP) $(MODELS) lint system-deps
 	$(BIN)/pytest -p no:cacheprovider
 
 demo: $(STAMP) $(MODELS)
-	$(BIN)/python dags/run_demo.py
+	$(BIN)/python scripts/demo.py
 
 bench: $(STAMP) $(MODELS)
 	$(BIN)/python bench/quality.py
