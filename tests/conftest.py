@@ -55,4 +55,5 @@ def sample_dir(tmp_path: Path) -> Path:
     return source
 
 
+from tests.airflow_env import airflow_home  # noqa: E402,F401
 from tests.s3_server import isolated_s3_server, s3_bucket, s3_client, s3_server  # noqa: E402,F401

@@ -32,7 +32,7 @@ from airflow_privacy.core.naming import COLLISION, Namer, collision_message, fin
 from airflow_privacy.core.pipeline import STATUS_ERROR, ImageOutcome, Pipeline
 from airflow_privacy.core.publish import Policy, publish
 from airflow_privacy.core.report import write_report
-from airflow_privacy.storage import Storage, StorageError, UnsafeKeyError
+from airflow_privacy.storage import Storage, StorageError, TransientStorageError, UnsafeKeyError
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,8 @@ def _quarantine(
     if data is None:
         try:
             data = source.read(key)
+        except TransientStorageError:
+            raise  # an outage is not "unreadable": the task must fail and be retried
         except StorageError:
             return None
     quarantine.write(key, data)

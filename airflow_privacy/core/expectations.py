@@ -2,11 +2,12 @@
 
 Nothing is published unless the manifest says the run is complete and clean:
 one record per listed input, no residual person or face on anything to be
-published, a sha256 for every verified output, every failure explained, and
-failures within the configured rate. GE (rather than a few asserts) gives a
-standard, reviewable result document: it is written beside the manifest as
-``validation.json``, pinned to the manifest's sha256, and the publish stage
-refuses to run without a successful one.
+published, nothing both to be published and quarantined, a sha256 and stripped
+metadata for every verified output, every failure explained, and failures
+within the configured rate (none at all under the ``all_or_nothing`` policy).
+GE (rather than a few asserts) gives a standard, reviewable result document:
+it is written beside the manifest as ``validation.json``, pinned to the
+manifest's sha256, and the publish stage refuses to run without a successful one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from airflow_privacy.storage import Storage
 VERIFIED = 'status=="verified"'
 NOT_VERIFIED = 'status!="verified"'
 COLUMNS = ["source", "status", "output_sha256", "residuals", "verification_passed",
-           "error_code", "explanation"]
+           "error_code", "explanation", "quarantine", "metadata_stripped"]
 
 
 class ManifestValidationError(RuntimeError):
@@ -49,6 +50,10 @@ class ManifestValidation:
     failed: list[str] = field(default_factory=list)
     path: str | None = None
 
+    def to_xcom(self) -> dict[str, Any]:
+        return {"success": self.success, "evaluated": self.evaluated, "failed": self.failed,
+                "path": self.path}
+
 
 def manifest_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per record, with the few flattened columns the expectations need."""
@@ -64,14 +69,27 @@ def manifest_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "verification_passed": bool(verification.get("passed")),
             "error_code": error.get("code"),
             "explanation": r.get("quarantine") or error.get("message"),
+            "quarantine": r.get("quarantine"),
+            "metadata_stripped": r.get("metadata_stripped") is True,
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def build_suite(inputs: Sequence[str], max_error_rate: float) -> gx.ExpectationSuite:
-    """The expectations; each carries a description that names it in failure messages."""
+def build_suite(
+    inputs: Sequence[str], max_error_rate: float, policy: str | None = None
+) -> gx.ExpectationSuite:
+    """The expectations; each carries a description that names it in failure messages.
+
+    Under ``policy="all_or_nothing"`` one failed input withholds the whole release,
+    so the error-rate bound is zero whatever ``max_error_rate`` says.
+    """
     if not 0.0 <= max_error_rate <= 1.0:
         raise ValueError(f"max_error_rate {max_error_rate} is not in [0, 1]")
+    if policy == "all_or_nothing":
+        max_error_rate = 0.0
+        bound = "every input is verified (policy all_or_nothing; error rate bound 0%)"
+    else:
+        bound = f"at most {max_error_rate:.0%} of inputs fail (error rate bound)"
     suite = gx.ExpectationSuite(name="airflow_privacy_manifest")
     for expectation in (
         gxe.ExpectTableRowCountToEqual(
@@ -97,6 +115,12 @@ def build_suite(inputs: Sequence[str], max_error_rate: float) -> gx.ExpectationS
         gxe.ExpectColumnValuesToNotBeNull(
             column="output_sha256", row_condition=VERIFIED, condition_parser="pandas",
             description="verified outputs have a well-formed output_sha256"),
+        gxe.ExpectColumnValuesToBeNull(
+            column="quarantine", row_condition=VERIFIED, condition_parser="pandas",
+            description="no image is both to be published and quarantined"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="metadata_stripped", value_set=[True], row_condition=VERIFIED,
+            condition_parser="pandas", description="verified outputs carry no metadata"),
         gxe.ExpectColumnValuesToNotBeNull(
             column="error_code", row_condition=NOT_VERIFIED, condition_parser="pandas",
             description="every failed record has an error code"),
@@ -105,7 +129,7 @@ def build_suite(inputs: Sequence[str], max_error_rate: float) -> gx.ExpectationS
             description="every failed record has a quarantine path or a reason"),
         gxe.ExpectColumnValuesToBeInSet(
             column="status", value_set=["verified"], mostly=1.0 - max_error_rate,
-            description=f"at most {max_error_rate:.0%} of inputs fail (error rate bound)"),
+            description=bound),
     ):
         suite.add_expectation(expectation)
     return suite
@@ -119,11 +143,13 @@ def validate_manifest(
     max_error_rate: float = 0.0,
     manifest_sha256: str | None = None,
     raise_on_failure: bool = True,
+    policy: str | None = None,
 ) -> ManifestValidation:
     """Validate ``records`` against the listed ``inputs``; write ``report/validation.json``.
 
     Raises :class:`ManifestValidationError` on failure unless ``raise_on_failure``
     is false. The result's ``meta`` pins ``manifest_sha256`` for the publish gate.
+    ``policy="all_or_nothing"`` tightens the error-rate bound to zero.
     """
     frame = manifest_frame(records)
     context = gx.get_context(mode="ephemeral")
@@ -134,9 +160,9 @@ def validate_manifest(
         .add_batch_definition_whole_dataframe("all")
         .get_batch(batch_parameters={"dataframe": frame})
     )
-    result = batch.validate(build_suite(inputs, max_error_rate))
+    result = batch.validate(build_suite(inputs, max_error_rate, policy))
     result.meta = {**(result.meta or {}), "manifest_sha256": manifest_sha256,
-                   "max_error_rate": max_error_rate, "inputs": len(inputs)}
+                   "max_error_rate": max_error_rate, "inputs": len(inputs), "policy": policy}
     path = None
     if report is not None:
         document = result.to_json_dict()

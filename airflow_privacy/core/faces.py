@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime
 
 from airflow_privacy.core.geometry import Box
-from airflow_privacy.core.models import resolve_model, sha256_file
+from airflow_privacy.core.models import ModelError, resolve_model, sha256_file
 
 INPUT_NAME = "input.1"
 OUTPUT_NAMES = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
@@ -286,11 +286,14 @@ class CenterFace:
             options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self._session = onnxruntime.InferenceSession(
-            dynamic_model_bytes(self.path.read_bytes()),
-            sess_options=options,
-            providers=["CPUExecutionProvider"],
-        )
+        try:
+            self._session = onnxruntime.InferenceSession(
+                dynamic_model_bytes(self.path.read_bytes()),
+                sess_options=options,
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # corrupt or foreign file: protobuf, graph or I/O errors
+            raise ModelError(f"cannot load face model {self.path}: {exc}") from exc
 
     def describe(self) -> dict[str, object]:
         """What the manifest records about this face finder."""

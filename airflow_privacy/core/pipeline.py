@@ -132,7 +132,8 @@ class Pipeline:
             from airflow_privacy.core.faces import CenterFace
 
             face_finder = CenterFace(
-                v.face_model, confidence=v.face_confidence, input_size=v.face_input_size
+                v.face_model, confidence=v.face_confidence, input_size=v.face_input_size,
+                threads=getattr(self.detector, "threads", None),  # the CPUs we may use
             )
         self.face_finder = face_finder
         self.verifier = Verifier(

@@ -45,11 +45,18 @@ def publish(
 ) -> dict[str, Any]:
     """Copy releasable outputs from ``staging`` to ``release``; returns what was released.
 
-    Idempotent: an object already in the release with the expected bytes is not
-    rewritten, so re-running publish yields the same release.
+    Staging then release: every staged object is re-hashed and must equal the
+    verified ``output_sha256`` before its bytes are written (atomically, so a
+    reader never sees part of an object). A ``_SUCCESS`` marker pinning another
+    manifest is removed before the release changes, and the new one is written
+    last, so a consumer that sees a marker sees the complete release it
+    describes. Idempotent: re-running with the same manifest writes the same
+    keys with the same bytes and the same marker; nothing is duplicated.
     """
     chosen = releasable(records, policy)
-    released = []
+    if chosen:
+        _retract_other_marker(release, manifest_sha256)
+    released: list[tuple[str, str]] = []
     for record in chosen:
         key = record["output_key"]
         data = staging.read(key)
@@ -58,14 +65,34 @@ def publish(
                 f"staged output {staging.uri_of(key)} does not match its verified sha256"
             )
         release.write(key, data)
-        released.append(key)
+        released.append((key, record["output_sha256"]))
     withheld = len([r for r in records if r["status"] == "verified"]) - len(released)
     marker = {
         "manifest_sha256": manifest_sha256,
         "published": len(released),
         "withheld": withheld,
         "policy": policy,
+        # sha256 over the sorted "key sha256" lines: what a consumer can check the release by
+        "release_sha256": release_digest(released),
     }
     if released or not records:
         release.write_text(SUCCESS_MARKER, json.dumps(marker, sort_keys=True) + "\n")
-    return {**marker, "keys": released}
+    return {**marker, "keys": [key for key, _ in released]}
+
+
+def release_digest(objects: Sequence[tuple[str, str]]) -> str:
+    """One sha256 for a release: over ``"{key} {sha256}\\n"`` lines in key order."""
+    lines = "".join(f"{key} {sha}\n" for key, sha in sorted(objects))
+    return sha256_bytes(lines.encode("utf-8"))
+
+
+def _retract_other_marker(release: Storage, manifest_sha256: str) -> None:
+    """Remove a ``_SUCCESS`` that describes another manifest: the release is changing."""
+    if not release.exists(SUCCESS_MARKER):
+        return
+    try:
+        current = json.loads(release.read_text(SUCCESS_MARKER)).get("manifest_sha256")
+    except ValueError:
+        current = None
+    if current != manifest_sha256:
+        release.delete(SUCCESS_MARKER)

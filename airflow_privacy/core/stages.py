@@ -50,6 +50,7 @@ from airflow_privacy.core.manifest import (
     write_manifest,
     write_summary,
 )
+from airflow_privacy.core.naming import Namer
 from airflow_privacy.core.pipeline import STATUS_ERROR, ImageOutcome, Pipeline, Region
 from airflow_privacy.core.publish import Policy, PublishRefused, publish
 from airflow_privacy.core.report import write_report_from
@@ -65,22 +66,43 @@ CANDIDATES, STAGING, QUARANTINE = "candidates", "staging", "quarantine"
 Shard = dict[str, Any]  # {"shard_id": "00000", "keys": [...]}: small, JSON, XCom-friendly
 
 
-_PIPELINES: dict[str, Pipeline] = {}
+class LazyPipeline:
+    """A :class:`Pipeline` whose models load on first use.
+
+    ``settings`` (hence the settings key the checkpoints are matched on) is
+    there at once, so a retried stage whose inputs are all done never loads a
+    model. Any other attribute builds the real pipeline and delegates to it.
+    """
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings.validate()
+        self._pipeline: Pipeline | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_pipeline":
+            raise AttributeError(name)
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.settings)
+        return getattr(self._pipeline, name)
+
+
+_PIPELINES: dict[str, LazyPipeline] = {}
 
 
 def build_pipeline(settings: dict[str, Any] | None) -> Pipeline:
     """The pipeline every stage uses, from the serialized settings the operators carry.
 
-    The last one built is kept per process (by settings key), so tasks that run
-    in one interpreter (``dag.test()``, a worker reusing its process) load the
-    models once. It holds no run state: every stage result lives in ``work``.
+    Models load on first use (:class:`LazyPipeline`), and the last pipeline is
+    kept per process (by settings key), so tasks that run in one interpreter
+    (``dag.test()``, a worker reusing its process) load them once. It holds no
+    run state: every stage result lives in ``work``.
     """
     run = RunSettings.from_dict(settings or {})
     key = run.key()
     if key not in _PIPELINES:
         _PIPELINES.clear()  # one set of models in memory at a time
-        _PIPELINES[key] = Pipeline(run)
-    return _PIPELINES[key]
+        _PIPELINES[key] = LazyPipeline(run)
+    return _PIPELINES[key]  # type: ignore[return-value]
 
 
 def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None) -> list[Shard]:
@@ -147,9 +169,11 @@ def detect_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
                    persons=sum(len(e["detections"]) for e in entries))
 
 
-def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard) -> dict:
+def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard, *,
+                    namer: Namer | None = None) -> dict:
     """Plan regions from the detections, anonymize, encode, and keep each output in
-    ``candidates`` for verification.
+    ``candidates`` for verification. ``namer``: output names are pseudonyms (the later
+    stages take the names from this stage's entries).
 
     An input whose checkpoint has the same input sha256, settings key and
     detections, and whose candidate bytes are still there unchanged, is not
@@ -162,7 +186,8 @@ def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: S
     entries, skipped = [], 0
     for key in shard["keys"]:
         found = detections[key]
-        entry: dict[str, Any] = {"source": key, "output_key": output_key(key), "regions": [],
+        entry: dict[str, Any] = {"source": key, "output_key": output_key(key, namer),
+                                 "regions": [],
                                  "output_sha256": None, "error": found["error"],
                                  "timings_ms": {}, "input_sha256": found["input_sha256"],
                                  "settings_key": settings_key,
@@ -170,6 +195,7 @@ def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: S
         prior = done.get(key)
         if (entry["error"] is None and prior is not None and _same_input(prior, entry)
                 and prior["detections_sha256"] == entry["detections_sha256"]
+                and prior["output_key"] == entry["output_key"]
                 and _holds(candidates, prior["output_key"], prior["output_sha256"])):
             entries.append(prior)
             skipped += 1
@@ -213,13 +239,13 @@ def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
     for key in shard["keys"]:
         staged = anonymized[key]
         prior = done.get(key)
-        if prior is not None and _verified_before(prior, source, staging, key, staged,
-                                                  settings_key):
+        if (prior is not None and prior["record"].get("output_key") == staged["output_key"]
+                and _verified_before(prior, source, staging, key, staged, settings_key)):
             records.append(prior["record"])
             skipped += 1
             continue
         outcome = _verify_one(pipeline, source, candidates, key, detections[key], staged)
-        record = settle(outcome, key, source, staging, quarantine)
+        record = settle(outcome, key, source, staging, quarantine, name=staged["output_key"])
         if record["status"] != "verified" and (record["error"] or {}).get("code") != "unsafe_path":
             staging.delete(record["output_key"])  # an unsafe key has no safe output key
         if record.get("input_sha256"):

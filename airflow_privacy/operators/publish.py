@@ -1,47 +1,80 @@
-"""The only task that writes to the release location."""
+"""The only task that writes to the release location; downstream DAGs wait on its Asset."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_privacy.operators.common import open_locations
-from airflow_privacy.operators.compat import AirflowFailException, Asset, BaseOperator
+from airflow_privacy.operators.common import LineageMixin, open_locations
+from airflow_privacy.operators.compat import (
+    AirflowFailException,
+    AirflowSkipException,
+    Asset,
+    AssetAlias,
+    BaseOperator,
+)
+
+#: The counts from the publish result that go into the Asset event's ``extra``.
+EVENT_FIELDS = ("images", "published", "withheld", "policy", "manifest_sha256", "release_sha256")
+
+
+def is_templated(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def release_uri(release: str) -> str:
+    """The URI an Asset uses for a release location: ``s3://...`` as is, paths as ``file://``."""
+    if "://" in release:
+        return release.rstrip("/")
+    from pathlib import Path
+
+    return Path(release).expanduser().absolute().as_uri()
 
 
 def release_asset(release: str) -> Asset | None:
     """The Asset a release location stands for; None while it is still a template."""
-    if "{{" in release or "{%" in release:
+    if is_templated(release):
         return None
-    if "://" in release:
-        return Asset(release.rstrip("/"))
-    from pathlib import Path
-
-    return Asset(Path(release).expanduser().absolute().as_uri())
+    return Asset(release_uri(release))
 
 
-class PublishReleaseOperator(BaseOperator):
+class PublishReleaseOperator(LineageMixin, BaseOperator):
     """Copy verified outputs from ``{work}/staging`` to ``release``, then write ``_SUCCESS``.
 
     Refuses (failing without retries) when the manifest differs from the validated
     one (``manifest_sha256``, usually the validate task's XCom) or, with
     ``require_validation``, when ``{report}/validation.json`` is missing or failed.
-    Under ``policy="all_or_nothing"`` one failed input releases nothing. When the
-    release location is not templated it is declared as an outlet ``Asset``
-    (or pass ``outlets`` yourself). Returns ``{"published", "withheld", "policy",
-    "manifest_sha256", "release"}``.
+    Under ``policy="all_or_nothing"`` (the default) one failed input releases
+    nothing; ``publish_passing`` releases every verified output.
+
+    **Asset event.** The release location is declared as an outlet, so that
+    downstream DAGs can be scheduled on released data only: an ``Asset`` with the
+    release URI when ``release`` is not templated, else the ``AssetAlias``
+    ``release_alias`` (default ``{dag_id}_release``) that resolves, at run time,
+    to the Asset of the rendered URI. The event's ``extra`` holds the counts:
+    ``images``, ``published``, ``withheld``, ``policy``, ``manifest_sha256``,
+    ``release_sha256``, ``release``. When nothing was released the task is
+    skipped, so no event is emitted. Pass ``outlets`` yourself to override.
+
+    Returns ``{"images", "published", "withheld", "policy", "manifest_sha256",
+    "release_sha256", "release"}``.
 
     :param work: the run's work location (templated)
     :param report: where the manifest and validation are (templated)
     :param release: the release folder or ``s3://`` prefix (templated)
-    :param policy: ``publish_passing`` or ``all_or_nothing`` (templated)
+    :param policy: ``all_or_nothing`` (default) or ``publish_passing`` (templated)
     :param manifest_sha256: the validated manifest's sha256 (templated)
     :param require_validation: refuse without a successful ``validation.json``
-    :param aws_conn_id: connection for ``s3://`` locations
+    :param release_alias: the AssetAlias name used when ``release`` is templated
+        (default ``{dag_id}_release``)
+    :param aws_conn_id: connection for ``s3://`` locations (templated)
     """
 
-    template_fields: Sequence[str] = ("work", "report", "release", "policy", "manifest_sha256")
+    template_fields: Sequence[str] = ("work", "report", "release", "policy", "manifest_sha256",
+                                      "aws_conn_id")
     ui_color = "#d5e8f5"
+    lineage_inputs = ("work", "report")
+    lineage_outputs = ("release",)
 
     def __init__(
         self,
@@ -49,21 +82,29 @@ class PublishReleaseOperator(BaseOperator):
         work: str,
         report: str,
         release: str,
-        policy: str = "publish_passing",
+        policy: str = "all_or_nothing",
         manifest_sha256: str | None = None,
         require_validation: bool = True,
+        release_alias: str | None = None,
         aws_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if "outlets" not in kwargs and (asset := release_asset(release)) is not None:
-            kwargs["outlets"] = [asset]
+        declare = "outlets" not in kwargs
         super().__init__(**kwargs)
+        if declare:
+            asset = release_asset(release)
+            if asset is None:
+                dag_id = getattr(self, "dag_id", None)
+                release_alias = release_alias or (
+                    f"{dag_id}_release" if dag_id else "airflow_privacy_release")
+            self.outlets = [asset if asset is not None else AssetAlias(release_alias)]
         self.work = work
         self.report = report
         self.release = release
         self.policy = policy
         self.manifest_sha256 = manifest_sha256
         self.require_validation = require_validation
+        self.release_alias = release_alias
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -83,4 +124,21 @@ class PublishReleaseOperator(BaseOperator):
             raise AirflowFailException(str(exc)) from exc
         self.log.info("published %s of %s to %s", result["published"],
                       result["published"] + result["withheld"], self.release)
+        if not result["published"] and result["images"]:
+            raise AirflowSkipException(
+                f"nothing released to {self.release} under policy {self.policy}")
+        self._emit_asset_event(context, result)
         return result
+
+    def _emit_asset_event(self, context: Any, result: dict[str, Any]) -> None:
+        """Put the counts on the outlet event(s): ``extra`` of an Asset, or via the alias."""
+        events = context.get("outlet_events")
+        if events is None:
+            return
+        extra = {k: result[k] for k in EVENT_FIELDS if k in result} | {"release": result["release"]}
+        target = release_uri(self.release)
+        for outlet in self.outlets:
+            if isinstance(outlet, AssetAlias):
+                events[outlet].add(Asset(target), extra=extra)
+            elif isinstance(outlet, Asset) and outlet.uri == target:
+                events[outlet].extra = extra

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_privacy.operators.common import open_locations
+from airflow_privacy.operators.common import LineageMixin, open_locations
 from airflow_privacy.operators.compat import BaseOperator
 
 
-class ListImageShardsOperator(BaseOperator):
+class ListImageShardsOperator(LineageMixin, BaseOperator):
     """List the images below ``source`` and return them as shards for ``.expand(shard=...)``.
 
     Returns ``[{"shard_id": "00000", "keys": [...]}, ...]``: the keys are the
@@ -17,19 +17,22 @@ class ListImageShardsOperator(BaseOperator):
 
     :param source: folder or ``s3://`` prefix of the input images (templated)
     :param work: where the plan (shards and ignored keys) is recorded (templated; optional)
-    :param shard_size: images per shard, i.e. per mapped task
-    :param aws_conn_id: connection for ``s3://`` locations
+    :param shard_size: images per shard, i.e. per mapped task (templated, e.g.
+        ``"{{ params.shard_size }}"``; rendered text is converted with ``int()``)
+    :param aws_conn_id: connection for ``s3://`` locations (templated)
     """
 
-    template_fields: Sequence[str] = ("source", "work")
+    template_fields: Sequence[str] = ("source", "work", "shard_size", "aws_conn_id")
     ui_color = "#f5ead5"
+    lineage_inputs = ("source",)
+    lineage_outputs = ("work",)
 
     def __init__(
         self,
         *,
         source: str,
         work: str | None = None,
-        shard_size: int = 16,
+        shard_size: int | str = 16,
         aws_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -44,7 +47,7 @@ class ListImageShardsOperator(BaseOperator):
 
         uris = [self.source] + ([self.work] if self.work else [])
         source, *work = open_locations(self.aws_conn_id, *uris)
-        shards = list_shards(source, self.shard_size, work=work[0] if work else None)
+        shards = list_shards(source, int(self.shard_size), work=work[0] if work else None)
         self.log.info("%d images in %d shards below %s",
                       sum(len(s["keys"]) for s in shards), len(shards), self.source)
         return shards

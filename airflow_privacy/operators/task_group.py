@@ -31,19 +31,29 @@ def anonymization_task_group(
     *,
     settings: Any = None,
     aws_conn_id: str | None = None,
-    shard_size: int = 16,
-    policy: str = "publish_passing",
-    max_error_rate: float = 0.1,
+    shard_size: int | str = 16,
+    policy: str = "all_or_nothing",
+    max_error_rate: float | str = 0.1,
+    release_alias: str | None = None,
     group_id: str = "anonymize_people",
     **group_kwargs: Any,
 ) -> TaskGroup:
     """list -> detect -> anonymize -> verify (each mapped over shards) -> validate -> publish.
 
-    Every location is templated; ``work`` should be unique per run (e.g. contain
-    ``{{ run_id }}``) since it holds the run's staged outputs. ``settings`` is a
-    :class:`~airflow_privacy.core.settings.RunSettings` or its ``to_dict()``
-    (partial dicts work: missing values take the defaults). Publication happens
-    only after the manifest passed validation, so a failed check publishes nothing.
+    Every location is templated (a local path or ``s3://bucket/prefix``, read and
+    written through ``aws_conn_id``); ``work`` should be unique per run (e.g.
+    contain ``{{ run_id }}``) since it holds the run's staged outputs and the
+    per-input checkpoints that let a retried shard skip finished inputs.
+    ``settings`` is a :class:`~airflow_privacy.core.settings.RunSettings` or its
+    ``to_dict()`` (partial dicts work: missing values take the defaults).
+    ``shard_size``, ``policy`` and ``max_error_rate`` may be templates too.
+
+    Publication happens only after the manifest passed validation, so a failed
+    check publishes nothing; under ``policy="all_or_nothing"`` (the default) a
+    single failed input fails validation. The publish task's outlet is the
+    release Asset (or the AssetAlias ``release_alias``, default ``{dag_id}_release``,
+    when ``release`` is templated), with the
+    counts in the event's ``extra``.
     """
     if hasattr(settings, "to_dict"):
         settings = settings.to_dict()
@@ -52,6 +62,7 @@ def anonymization_task_group(
     with TaskGroup(group_id=group_id, **group_kwargs) as group:
         shards = ListImageShardsOperator(task_id="list_shards", source=source, work=work,
                                          shard_size=shard_size, aws_conn_id=aws_conn_id)
+        # One shard per mapped task; "{{ task.shard.shard_id }}" names the map index.
         steps = [
             operator.partial(task_id=task_id, map_index_template="{{ task.shard.shard_id }}",
                              **locations).expand(shard=shards.output)
@@ -63,12 +74,14 @@ def anonymization_task_group(
         ]
         validate = ValidateManifestOperator(
             task_id="validate_manifest", work=work, report=report, shards=shards.output,
-            settings=settings, max_error_rate=max_error_rate, aws_conn_id=aws_conn_id,
+            settings=settings, max_error_rate=max_error_rate, policy=policy,
+            aws_conn_id=aws_conn_id,
             multiple_outputs=True,  # so publish can pin the manifest_sha256 key alone
         )
         publish = PublishReleaseOperator(
             task_id="publish", work=work, report=report, release=release, policy=policy,
-            manifest_sha256=validate.output["manifest_sha256"], aws_conn_id=aws_conn_id,
+            manifest_sha256=validate.output["manifest_sha256"], release_alias=release_alias,
+            aws_conn_id=aws_conn_id,
         )
         shards >> steps[0] >> steps[1] >> steps[2] >> validate >> publish
     return group

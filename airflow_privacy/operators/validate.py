@@ -5,20 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_privacy.operators.common import open_locations
+from airflow_privacy.operators.common import LineageMixin, open_locations
 from airflow_privacy.operators.compat import AirflowFailException, BaseOperator
 
+VALIDATION_XCOM = "validation_summary"
 
-class ValidateManifestOperator(BaseOperator):
+
+class ValidateManifestOperator(LineageMixin, BaseOperator):
     """Write ``{report}/manifest.jsonl`` and ``summary.json``, then run the GE suite on it.
 
     The suite (see :mod:`airflow_privacy.core.expectations`) checks one record
-    per listed input, no residual person/face on what would be published, an
-    output sha256 for every verified output, every failure explained, and the
-    failure rate at most ``max_error_rate``. Its full result goes to
-    ``{report}/validation.json``. A failed validation fails the task without
-    retries (retrying cannot change the manifest); the message lists the failed
-    expectations. Returns ``{"manifest", "manifest_sha256", "validation",
+    per listed input, no residual person/face on what would be published, nothing
+    both to be published and quarantined, an output sha256 and stripped metadata
+    for every verified output, every failure explained, and the failure rate at
+    most ``max_error_rate`` (zero under ``policy="all_or_nothing"``). Its full
+    result goes to ``{report}/validation.json``; a small summary (``success``,
+    ``evaluated``, ``failed``, ``path``) is pushed to XCom as
+    ``validation_summary``, pass or fail. A failed validation fails the task
+    without retries (retrying cannot change the manifest); the message lists the
+    failed expectations. Returns ``{"manifest", "manifest_sha256", "validation",
     "images", "verified", "quarantined", "errors"}``.
 
     :param work: the run's work location (templated)
@@ -26,11 +31,15 @@ class ValidateManifestOperator(BaseOperator):
     :param shards: the list task's output (an XComArg), i.e. the inputs to account for
     :param settings: the run's settings dict, recorded in the summary (templated)
     :param max_error_rate: largest tolerated fraction of rejected or quarantined inputs
-    :param aws_conn_id: connection for ``s3://`` locations
+    :param policy: the publish policy; ``all_or_nothing`` tolerates no failed input
+    :param aws_conn_id: connection for ``s3://`` locations (templated)
     """
 
-    template_fields: Sequence[str] = ("work", "report", "shards", "settings", "max_error_rate")
+    template_fields: Sequence[str] = ("work", "report", "shards", "settings", "max_error_rate",
+                                      "policy", "aws_conn_id")
     ui_color = "#d5f5e3"
+    lineage_inputs = ("work",)
+    lineage_outputs = ("report",)
 
     def __init__(
         self,
@@ -39,7 +48,8 @@ class ValidateManifestOperator(BaseOperator):
         report: str,
         shards: Any,
         settings: dict[str, Any] | None = None,
-        max_error_rate: float = 0.1,
+        max_error_rate: float | str = 0.1,
+        policy: str = "all_or_nothing",
         aws_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -49,6 +59,7 @@ class ValidateManifestOperator(BaseOperator):
         self.shards = shards
         self.settings = settings
         self.max_error_rate = max_error_rate
+        self.policy = policy
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -57,14 +68,19 @@ class ValidateManifestOperator(BaseOperator):
 
         work, report = open_locations(self.aws_conn_id, self.work, self.report)
         shards = list(self.shards)
-        records, manifest_sha256 = assemble_manifest(work, report, shards, settings=self.settings)
+        records, manifest_sha256 = assemble_manifest(work, report, shards, settings=self.settings,
+                                                     policy=self.policy)  # type: ignore[arg-type]
         inputs = [key for shard in shards for key in shard["keys"]]
-        try:
-            result = validate_manifest(records, inputs, report=report,
-                                       max_error_rate=float(self.max_error_rate),
-                                       manifest_sha256=manifest_sha256)
-        except ManifestValidationError as exc:
-            raise AirflowFailException(str(exc)) from exc
+        result = validate_manifest(records, inputs, report=report,
+                                   max_error_rate=float(self.max_error_rate),
+                                   manifest_sha256=manifest_sha256, policy=self.policy,
+                                   raise_on_failure=False)
+        summary = {**result.to_xcom(), "manifest_sha256": manifest_sha256}
+        context["ti"].xcom_push(key=VALIDATION_XCOM, value=summary)
+        if not result.success:
+            error = ManifestValidationError(result.failed, result.path)
+            self.log.error("%s", error)
+            raise AirflowFailException(str(error))
         counts = {s: sum(r["status"] == s for r in records)
                   for s in ("verified", "quarantined", "error")}
         self.log.info("manifest %s valid: %s", manifest_sha256, counts)

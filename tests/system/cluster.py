@@ -9,7 +9,9 @@ What ``make system-test`` starts, each component its own process (group):
   (``--celery-hostname w1@%h``, concurrency 1 each).
 
 Everything listens on 127.0.0.1 only, on free ports, with all state under one
-temporary folder that :meth:`Cluster.stop` removes. All the configuration is in
+temporary folder that :meth:`Cluster.stop` removes (``AIRFLOW_PRIVACY_KEEP_CLUSTER=1``
+keeps it, logs included). Should the test process die without stopping the cluster
+(SIGKILL), a reaper process it started cleans up all the same. All the configuration is in
 one place, :meth:`Cluster.env` (the executor part, :data:`EXECUTOR_ENV`, is what
 ``docker/docker-compose.yaml`` must match; ``tests/test_docker_config.py`` checks).
 
@@ -163,6 +165,33 @@ def python_deps_missing() -> list[str]:
     return missing
 
 
+# Started with the cluster in a session of its own, it outlives the test process: when that
+# dies without stopping the cluster (SIGKILL), it kills the process groups listed in
+# <root>/pgids, stops PostgreSQL (daemonized by pg_ctl, so no parent-death signal reaches it)
+# and removes <root>. A normal stop ends it last, after everything else.
+REAPER = r"""
+import os, shutil, signal, subprocess, sys, time
+parent, root, *pg_stop = sys.argv[1:]
+while os.getppid() == int(parent):
+    time.sleep(1)
+try:
+    with open(os.path.join(root, "pgids")) as handle:
+        pgids = [int(line) for line in handle.read().split()]
+except OSError:
+    pgids = []
+for pgid in pgids:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+try:
+    subprocess.run(pg_stop, timeout=60, capture_output=True)
+except Exception:
+    pass
+shutil.rmtree(root, ignore_errors=True)
+"""
+
+
 @dataclass
 class Component:
     """One server process, the leader of its own process group; logs to ``log``."""
@@ -173,12 +202,13 @@ class Component:
     log: Path
     process: subprocess.Popen | None = None
 
-    def start(self, cwd: Path) -> None:
+    def start(self, cwd: Path, die_with_parent: bool = True) -> None:
+        linux = sys.platform.startswith("linux")
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv, env=self.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=_die_with_parent if die_with_parent and linux else None,
             )
 
     @property
@@ -187,7 +217,7 @@ class Component:
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the whole process group, SIGKILL what is left after ``grace`` seconds."""
-        process = self.process
+        process, self.process = self.process, None  # never signal a (reused) pgid twice
         if process is None:
             return
         pgid = process.pid  # start_new_session: the leader's pid is the group id
@@ -221,10 +251,11 @@ class Cluster:
     api_port: int = 0
     components: list[Component] = field(default_factory=list)
     _pg_started: bool = False
+    _reaper: Component | None = None
 
     def __post_init__(self) -> None:
         self._secrets = {
-            "jwt": secrets.token_urlsafe(32),
+            "jwt": secrets.token_urlsafe(64),
             "api": secrets.token_urlsafe(32),
             "fernet": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         }
@@ -250,8 +281,9 @@ class Cluster:
                      "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
                      "kwargs": {"path": str(folder)}}
                     for i, folder in enumerate(self.extra_dag_folders)]
+        # Nothing from the caller's Airflow or AWS setup: connections come from extra_env only.
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+               if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_", "AWS_"))}
         env.pop(WORKER_NAME_ENV, None)
         env.update(EXECUTOR_ENV)
         env.update({
@@ -300,6 +332,7 @@ class Cluster:
         self.root = Path(tempfile.mkdtemp(prefix="airflow-privacy-cluster-"))
         self.root.chmod(0o755)  # the postgres user must reach its data folder below
         (self.root / "logs").mkdir()
+        self._start_reaper()
         self.airflow_home.mkdir()
         self.pg_port, self.redis_port, self.api_port = free_port(), free_port(), free_port()
         self._start_postgres()
@@ -326,12 +359,13 @@ class Cluster:
         for component in reversed(self.components):
             component.stop(grace=10 if component.name.startswith("worker") else 15)
         if self._pg_started and self.root is not None:
-            pg = postgres_bin()
-            if pg is not None:
-                with contextlib.suppress(subprocess.SubprocessError, OSError):
-                    self._as_postgres([str(pg / "pg_ctl"), "stop", "-D", str(self._pgdata),
-                                       "-m", "fast", "-w", "-t", "30"], timeout=60)
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(self._pg_ctl_stop("fast"), capture_output=True, timeout=60,
+                               check=True, cwd="/", stdin=subprocess.DEVNULL)
             self._pg_started = False
+        if self._reaper is not None:
+            self._reaper.stop(grace=5)
+            self._reaper = None
         if self.root is not None and not os.environ.get("AIRFLOW_PRIVACY_KEEP_CLUSTER"):
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -354,11 +388,25 @@ class Cluster:
         return self.root / "postgres"
 
     def _as_postgres(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-        """Run a PostgreSQL tool, as the ``postgres`` user when we are root (initdb refuses root)."""
+        """Run a PostgreSQL tool; as the ``postgres`` user if root (initdb refuses root)."""
         if os.geteuid() == 0:
             argv = ["runuser", "-u", "postgres", "--", *argv]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=True,
                               cwd="/", stdin=subprocess.DEVNULL)
+
+    def _pg_ctl_stop(self, mode: str) -> list[str]:
+        pg = postgres_bin()
+        assert pg is not None
+        argv = [str(pg / "pg_ctl"), "stop", "-D", str(self._pgdata), "-m", mode, "-w", "-t", "30"]
+        return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+    def _start_reaper(self) -> None:
+        assert self.root is not None
+        self._reaper = Component(
+            "reaper", [sys.executable, "-c", REAPER, str(os.getpid()), str(self.root),
+                       *self._pg_ctl_stop("immediate")],
+            {**os.environ}, self.root / "logs" / "reaper.log")
+        self._reaper.start(cwd=Path("/"), die_with_parent=False)
 
     def _start_postgres(self) -> None:
         pg = postgres_bin()
@@ -417,6 +465,8 @@ class Cluster:
         component = Component(name, argv, self.env(worker), self.root / "logs" / f"{name}.log")
         component.start(cwd=PROJECT)
         self.components.append(component)
+        with open(self.root / "pgids", "a") as handle:  # for the reaper
+            handle.write(f"{component.process.pid}\n")
         return component
 
     def component(self, name: str) -> Component:
@@ -449,6 +499,19 @@ class Cluster:
     def diagnose(self) -> str:
         return "\n".join(c.tail() for c in self.components)
 
+    def failed_task_logs(self, limit: int = 5, lines: int = 60) -> str:
+        """The tails of (at most ``limit``) task logs that record an error."""
+        if self.root is None or not (self.airflow_home / "logs").is_dir():
+            return ""
+        tails = []
+        for path in sorted((self.airflow_home / "logs").glob("dag_id=*/**/*.log")):
+            text = path.read_text(errors="replace")
+            if '"level":"error"' in text.replace(" ", "") or "[error" in text:
+                tails.append(f"--- task log {path} ---\n{_log_tail(path, lines)}")
+            if len(tails) >= limit:
+                break
+        return "\n".join(tails)
+
     # -- REST API -----------------------------------------------------------------------------
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
@@ -466,8 +529,13 @@ class Cluster:
                                f"{exc.read().decode(errors='replace')[:2000]}") from exc
         return json.loads(text) if text else None
 
-    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
-        """Wait until the dag-processor has parsed ``dag_id``; fail early on its import error."""
+    def import_errors(self) -> list[dict[str, Any]]:
+        return list(self.api("GET", "/api/v2/importErrors?limit=100")["import_errors"])
+
+    def wait_for_dag(self, dag_id: str, file_name: str | None = None,
+                     timeout: float = 180) -> dict[str, Any]:
+        """Wait until the dag-processor has parsed ``dag_id``; fail early on an import error
+        of ``file_name`` (the DAG's file name), report the others if it never appears."""
         def parsed() -> dict[str, Any] | None:
             self._check_alive()
             try:
@@ -475,12 +543,19 @@ class Cluster:
             except RuntimeError as exc:
                 if "HTTP 404" not in str(exc):
                     raise
-            errors = self.api("GET", "/api/v2/importErrors?limit=100")["import_errors"]
-            if errors:
-                raise RuntimeError(f"DAG import errors: {json.dumps(errors, indent=1)[:4000]}")
+            if file_name:
+                errors = [e for e in self.import_errors()
+                          if str(e.get("filename", "")).endswith(file_name)]
+                if errors:
+                    raise RuntimeError(f"{file_name} does not import: "
+                                       f"{json.dumps(errors, indent=1)[:4000]}")
             return None
 
-        return _wait(f"DAG {dag_id} parsed", parsed, timeout, 2.0, self.diagnose)
+        def diagnose() -> str:
+            return (self.diagnose() + "\nimport errors: "
+                    + json.dumps(self.import_errors(), indent=1)[:4000])
+
+        return _wait(f"DAG {dag_id} parsed", parsed, timeout, 2.0, diagnose)
 
     def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> str:
         """Unpause ``dag_id`` and trigger one run with ``conf``; its run id."""
@@ -516,7 +591,7 @@ class Cluster:
 
 
 def spread(task_instances: list[dict[str, Any]], prefix: str = "") -> dict[str, list[str]]:
-    """``{hostname: ["task[map_index]", ...]}`` of the mapped task instances (``map_index >= 0``)."""
+    """``{hostname: ["task[map_index]", ...]}`` of the mapped task instances (map_index >= 0)."""
     by_host: dict[str, list[str]] = {}
     for ti in sorted(task_instances, key=lambda t: (t["task_id"], t["map_index"])):
         if ti["map_index"] >= 0 and ti["task_id"].startswith(prefix):
@@ -536,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "install":
         missing = python_deps_missing()
         if missing:
-            print(f"Python modules missing: {missing}; install the 'cluster' extra", file=sys.stderr)
+            print(f"Python modules missing: {missing}; install the 'cluster' extra",
+                  file=sys.stderr)
             return 1
         return 0
     with Cluster() as cluster:

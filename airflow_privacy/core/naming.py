@@ -1,0 +1,158 @@
+"""Output names: the input's own relative path, or a keyed pseudonym of it.
+
+File and folder names often say who is in a picture (``anna-smith/birthday.jpg``),
+so anonymizing the pixels is not always enough. With a :class:`Pseudonymizer`
+an output is published as ``<32 hex>.<suffix>``: the first 128 bits of
+HMAC-SHA256 of the input's relative path under a secret key, plus the output's
+suffix. The release is flat (no folders, which could carry names too) and holds
+nothing that reveals an original name; without the key the pseudonyms cannot
+be recomputed from guessed names (a plain hash of ``IMG_0001.jpg`` could).
+
+The link back from pseudonym to input exists in two places only, both chosen
+by the user: the manifest (``source`` and ``output_key``, in the report
+location, which is the user's private audit record) and, when asked for, a
+name map written to an explicit location (:func:`write_name_map`). The key is
+never written anywhere: the map and the summary carry its ``key_id``, an HMAC
+of a constant that tells keys apart without revealing them.
+
+Where the key comes from is the caller's business: the CLI reads it from an
+environment variable named on the command line (never the value itself, which
+would land in the shell history and the process list); the Airflow operators
+from a Connection's password or a Variable.
+
+Two inputs must never share an output name, or one output would overwrite the
+other's. Pseudonyms of distinct paths differ (barring a 128-bit collision), but
+plain names can clash: ``x.gif`` is published as ``x.png`` because GIF cannot
+be written. :func:`find_collisions` finds such inputs so that they are rejected
+instead of silently replacing another image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from airflow_privacy.core.images import output_suffix
+
+MIN_KEY_BYTES = 16  # shorter keys could be brute-forced from guessable file names
+PSEUDONYM_HEX = 32  # 128 bits
+SCHEME = "hmac-sha256-128"
+NAME_MAP_VERSION = 1
+COLLISION = "output_name_collision"
+
+Namer = Callable[[str], str]
+
+
+class NamingError(ValueError):
+    """A pseudonymization key that cannot be used (missing, empty or too short)."""
+
+
+class Pseudonymizer:
+    """``key -> <hmac hex>.<suffix>``; the secret never appears in its repr, str or pickle."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes | str) -> None:
+        raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+        if len(raw) < MIN_KEY_BYTES:
+            raise NamingError(
+                f"a pseudonymization key needs at least {MIN_KEY_BYTES} bytes, "
+                f"this one has {len(raw)}"
+            )
+        self._secret = raw
+
+    def __call__(self, key: str) -> str:
+        digest = hmac.new(self._secret, key.encode("utf-8"), hashlib.sha256).hexdigest()
+        return digest[:PSEUDONYM_HEX] + output_suffix(key)
+
+    @property
+    def key_id(self) -> str:
+        """Identifies the key (16 hex) without revealing it: HMAC of a fixed label."""
+        return hmac.new(self._secret, b"airflow-privacy key id", hashlib.sha256).hexdigest()[:16]
+
+    def describe(self) -> dict[str, str]:
+        """What a summary or name map may say about the naming: never the key."""
+        return {"scheme": SCHEME, "key_id": self.key_id}
+
+    def __repr__(self) -> str:
+        return f"Pseudonymizer(key_id={self.key_id!r})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Pseudonymizer holds a secret and is not pickled")
+
+
+def from_env(variable: str, environ: Mapping[str, str] | None = None) -> Pseudonymizer:
+    """The pseudonymizer whose key is in the environment variable ``variable``."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(variable)
+    if not value:
+        raise NamingError(f"environment variable {variable} holds no pseudonymization key")
+    try:
+        return Pseudonymizer(value)
+    except NamingError as exc:
+        raise NamingError(f"environment variable {variable}: {exc}") from None
+
+
+def find_collisions(keys: Iterable[str], name_of: Namer) -> dict[str, str]:
+    """Inputs whose output name another input also gets: ``{key: shared name}``.
+
+    Of the inputs sharing a name, one whose name is its own (``x.png`` for
+    ``x.png``) keeps it; every other one collides, so no output is ever
+    published under another input's name.
+    """
+    by_name: dict[str, list[str]] = {}
+    for key in keys:
+        by_name.setdefault(name_of(key), []).append(key)
+    return {
+        key: name
+        for name, group in by_name.items()
+        if len(group) > 1
+        for key in group
+        if key != name
+    }
+
+
+def collision_message(key: str, name: str) -> str:
+    return (
+        f"{key!r} would be published as {name!r}, the output name of another input; "
+        "rename one of them (or publish under pseudonyms)"
+    )
+
+
+def name_map(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """``{source: output_key}`` of every input, published or not."""
+    return {r["source"]: r["output_key"] for r in records if r.get("output_key")}
+
+
+def name_map_document(records: Sequence[dict[str, Any]], namer: Pseudonymizer) -> bytes:
+    document = {"version": NAME_MAP_VERSION, **namer.describe(), "names": name_map(records)}
+    return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def write_name_map(location: str, records: Sequence[dict[str, Any]], namer: Pseudonymizer,
+                   *, s3_client: Any = None) -> str:
+    """Write the name map to ``location`` (a file path or ``s3://bucket/key``); its URI.
+
+    The map is what links published pseudonyms to the original names, so it is
+    written only where the user asked, atomically like every other object.
+    """
+    from pathlib import Path
+
+    from airflow_privacy.storage import open_storage
+
+    if location.startswith("s3://"):
+        parent, _, name = location.rpartition("/")
+        if not name or parent.count("/") < 2:
+            raise NamingError(f"name map location {location!r} does not name an object")
+    else:
+        path = Path(location).expanduser().absolute()
+        parent, name = str(path.parent), path.name
+        if location.endswith("/") or not name:
+            raise NamingError(f"name map location {location!r} does not name a file")
+    storage = open_storage(parent, s3_client=s3_client)
+    storage.write(name, name_map_document(records, namer))
+    return storage.uri_of(name)

@@ -1,0 +1,59 @@
+"""The pseudonymization key in Airflow: a Connection's password or a Variable, never an argument.
+
+An operator is given the *name* of where the key lives (``pseudonymize_conn_id``
+or ``pseudonymize_variable``); the value is looked up in ``execute()`` through
+Airflow's secrets backends (metadata DB, environment ``AIRFLOW_CONN_*`` /
+``AIRFLOW_VAR_*``, Vault, ...), so it never appears in the DAG file, the
+rendered template fields, the task log or an XCom. Use a Connection (its
+password is masked in the UI and in logs) or a Variable whose name contains
+``secret``/``key``/``password`` (Airflow masks those too).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_privacy.core.naming import Pseudonymizer
+
+
+def pseudonymizer(
+    conn_id: str | None = None, variable: str | None = None
+) -> Pseudonymizer | None:
+    """The :class:`~airflow_privacy.core.naming.Pseudonymizer` whose key is the password of
+    connection ``conn_id`` or the value of Variable ``variable``; ``None`` when neither is
+    given (outputs keep their names)."""
+    from airflow_privacy.core.naming import NamingError, Pseudonymizer
+
+    if conn_id and variable:
+        raise ValueError("give pseudonymize_conn_id or pseudonymize_variable, not both")
+    if conn_id:
+        secret, where = _connection_password(conn_id), f"connection {conn_id!r}"
+    elif variable:
+        secret, where = _variable(variable), f"Variable {variable!r}"
+    else:
+        return None
+    if not secret:
+        raise NamingError(f"{where} holds no pseudonymization key")
+    try:
+        return Pseudonymizer(secret)
+    except NamingError as exc:
+        raise NamingError(f"{where}: {exc}") from None
+
+
+def _connection_password(conn_id: str) -> str | None:
+    try:
+        from airflow.sdk import Connection
+    except ImportError:  # Airflow 2
+        from airflow.hooks.base import BaseHook
+
+        return BaseHook.get_connection(conn_id).password
+    return Connection.get(conn_id).password
+
+
+def _variable(key: str) -> str | None:
+    try:
+        from airflow.sdk import Variable
+    except ImportError:  # Airflow 2
+        from airflow.models import Variable  # type: ignore[no-redef]
+    return Variable.get(key, default=None)

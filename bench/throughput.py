@@ -1,0 +1,456 @@
+"""Throughput benchmark: the project's pipeline against the seed loop and the raw model.
+
+Three variants run side by side on the same images, each in its own
+subprocess (so each has a clean peak RSS and its own model load, which is
+timed apart from the images):
+
+(a) seed loop: the PyTorch ``.pt`` at conf 0.25, a fixed ``GaussianBlur(51, 51)``
+    on each person box, ``cv2.imwrite``, then one more model call on the written
+    output (the seed's verification pass);
+(b) raw inference: two model passes per image (conf 0.25, then conf 0.1) on
+    the backend of (c), through the same tuned :class:`PersonDetector`,
+    decoding untimed. Alongside, (b*) replays on the same image exactly the
+    model work (c) did for it, read from (c)'s manifest: one detection pass,
+    per verification round a pose pass (two images with the flip pass) and a
+    face pass. (b*) is (c)'s inference floor; c / b* is the share of the
+    pipeline's time that is model work, i.e. what its overhead costs;
+(c) the project's pipeline with default settings, as the CLI runs it:
+    :func:`airflow_privacy.core.batch.run_batch` over local folders (decode,
+    detect, anonymize, encode, verify with remediation, staging, manifest,
+    publish).
+
+The images are split into ``--rounds`` chunks and the variants alternate per
+chunk (a, c, b, a, c, b, ...), so that load from other processes on a shared
+machine falls on all variants alike; compare ratios, not absolute numbers.
+
+``--synthetic N`` adds a set of N images tiled and rescaled from the source
+set (generated into a temp dir). ``--rss-scaling 1000,5000`` runs only (c),
+once per size, each over one synthetic set of that size in one batch, and
+reports peak RSS against image count (it must stay flat: the batch keeps a
+bounded window of images in memory).
+
+Usage::
+
+    python bench/throughput.py [--limit N] [--synthetic N] [--backend onnx|pytorch|openvino]
+        [--rounds R] [--workers W] [--rss-scaling 1000,5000] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "coco128-train" / "images"
+DEFAULT_JSON = ROOT / "bench" / "results" / "throughput.json"
+SEED_MODEL = "yolo11n-pose.pt"
+BACKEND_MODELS = {
+    "pytorch": "yolo11n-pose.pt",
+    "onnx": "yolo11n-pose.onnx",
+    "openvino": "yolo11n-pose_openvino_model",
+}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+STAGES = ("decode", "detect", "anonymize", "verify")
+
+
+# --- image sets ------------------------------------------------------------------------------
+
+
+def source_images(dataset: Path, limit: int | None) -> list[Path]:
+    files = sorted(p for p in dataset.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files[:limit] if limit else files
+
+
+def synthesize(sources: list[Path], count: int, target: Path, seed: int = 0) -> list[Path]:
+    """``count`` new JPEGs from ``sources``: each one rescaled, or four tiled 2x2.
+
+    Sizes stay in the range of the sources (about 0.5x to 1.5x), so the model's
+    letterboxed input and the cost per image stay comparable, while no two
+    files are identical.
+    """
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    target.mkdir(parents=True, exist_ok=True)
+    cache: dict[Path, Any] = {}
+
+    def load(path: Path):
+        if path not in cache:
+            if len(cache) > 64:
+                cache.clear()
+            cache[path] = cv2.imread(str(path))
+        return cache[path]
+
+    written = []
+    for index in range(count):
+        if rng.random() < 0.5:
+            image = load(sources[rng.integers(len(sources))])
+            scale = float(rng.uniform(0.5, 1.5))
+            size = (max(32, round(image.shape[1] * scale)), max(32, round(image.shape[0] * scale)))
+            out = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        else:
+            cell_w, cell_h = int(rng.integers(240, 480)), int(rng.integers(180, 360))
+            tiles = [
+                cv2.resize(load(sources[rng.integers(len(sources))]), (cell_w, cell_h),
+                           interpolation=cv2.INTER_AREA)
+                for _ in range(4)
+            ]
+            out = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
+        path = target / f"synthetic_{index:06d}.jpg"
+        cv2.imwrite(str(path), out, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        written.append(path)
+    return written
+
+
+def chunked(files: list[Path], rounds: int, target: Path) -> list[Path]:
+    """Split ``files`` into ``rounds`` folders (links, not copies) that each variant runs on."""
+    rounds = max(1, min(rounds, len(files)))
+    folders = []
+    for index in range(rounds):
+        folder = target / f"chunk-{index:02d}"
+        folder.mkdir(parents=True)
+        for path in files[index::rounds]:
+            try:
+                os.link(path, folder / path.name)
+            except OSError:
+                shutil.copyfile(path, folder / path.name)
+        folders.append(folder)
+    return folders
+
+
+# --- the variants (each runs in a subprocess) ------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def run_seed(folder: Path, scratch: Path) -> dict[str, Any]:
+    """(a): the seed loop, as it was before this project."""
+    import cv2
+    from ultralytics import YOLO
+
+    from airflow_privacy.core.detect import configure_ultralytics
+    from airflow_privacy.core.models import resolve_model
+
+    configure_ultralytics()
+    started = time.perf_counter()
+    model = YOLO(str(resolve_model(SEED_MODEL)))
+    files = images_in(folder)
+    model(cv2.imread(str(files[0])), conf=0.25, verbose=False)  # first-call costs, untimed
+    load_s = time.perf_counter() - started
+    started, cpu = time.perf_counter(), time.process_time()
+    for path in files:
+        image = cv2.imread(str(path))
+        result = model(image, conf=0.25, verbose=False)[0]
+        for box, cls in zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), strict=True):
+            if int(cls) != 0:
+                continue
+            x1, y1, x2, y2 = (max(0, int(v)) for v in box)
+            if x2 > x1 and y2 > y1:
+                image[y1:y2, x1:x2] = cv2.GaussianBlur(image[y1:y2, x1:x2], (51, 51), 0)
+        out = scratch / path.name
+        cv2.imwrite(str(out), image)
+        model(cv2.imread(str(out)), conf=0.1, verbose=False)
+    return {"images": len(files), "seconds": time.perf_counter() - started, "load_s": load_s,
+            "cpu_s": time.process_time() - cpu, "model_passes": 2 * len(files)}
+
+
+def run_pipeline(folder: Path, scratch: Path, model: str, workers: int) -> dict[str, Any]:
+    """(c): the CLI's batch over local folders, default settings but for the model."""
+    from airflow_privacy.core.batch import run_batch
+    from airflow_privacy.core.pipeline import Pipeline
+    from airflow_privacy.core.settings import RunSettings
+    from airflow_privacy.storage import open_storage
+
+    started = time.perf_counter()
+    pipeline = Pipeline(RunSettings().with_overrides(model=model))
+    load_s = time.perf_counter() - started
+    started, cpu = time.perf_counter(), time.process_time()
+    result = run_batch(
+        open_storage(str(folder)), open_storage(str(scratch / "release")),
+        open_storage(str(scratch / "report")), pipeline, workers=workers,
+    )
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    stages: Counter[str] = Counter()
+    work = {}
+    for record in result.records:
+        stages.update(record.get("timings_ms") or {})
+        verification = record.get("verification") or {}
+        work[record["source"]] = len(verification.get("rounds") or [])
+    flip = pipeline.settings.verification.flip
+    return {
+        "images": len(result.records), "seconds": seconds, "load_s": load_s, "cpu_s": cpu,
+        "stages_ms": {k: round(stages[k], 1) for k in STAGES},
+        "statuses": dict(Counter(r["status"] for r in result.records)),
+        "verification_rounds": work,
+        "model_passes": sum(1 + n * (2 if flip else 1) for n in work.values()),
+        "face_passes": sum(work.values()) if pipeline.face_finder is not None else 0,
+        "backend": pipeline.detector.backend, "model": pipeline.detector.name,
+        "threads": pipeline.detector.threads,
+    }
+
+
+def run_raw(folder: Path, model: str, rounds_file: Path | None) -> dict[str, Any]:
+    """(b) two passes per image; (b*) the model work (c) did on the image, replayed."""
+    import cv2
+
+    from airflow_privacy.core.pipeline import Pipeline
+    from airflow_privacy.core.settings import RunSettings
+
+    started = time.perf_counter()
+    pipeline = Pipeline(RunSettings().with_overrides(model=model))
+    detector, faces, v = pipeline.detector, pipeline.face_finder, pipeline.settings.verification
+    d = pipeline.settings.detection
+    work = json.loads(rounds_file.read_text()) if rounds_file else {}
+    files = images_in(folder)
+    detector.detect(cv2.imread(str(files[0])), confidence=d.confidence, flip=False)
+    load_s = time.perf_counter() - started
+    two = floor = two_cpu = floor_cpu = 0.0
+    passes = face_passes = 0
+    for path in files:
+        image = cv2.imread(str(path))  # decoding is not model work: untimed
+        clock, cpu = time.perf_counter(), time.process_time()
+        detector.detect(image, confidence=d.confidence, flip=False)
+        detector.detect(image, confidence=v.confidence, flip=False)
+        two += time.perf_counter() - clock
+        two_cpu += time.process_time() - cpu
+        if path.name in work:
+            clock, cpu = time.perf_counter(), time.process_time()
+            detector.detect(image, confidence=d.confidence, flip=d.flip)
+            for _ in range(work[path.name]):
+                detector.detect(image, confidence=v.confidence, flip=v.flip)
+                if faces is not None:
+                    faces.detect(image)
+            floor += time.perf_counter() - clock
+            floor_cpu += time.process_time() - cpu
+            passes += 1 + work[path.name] * (2 if v.flip else 1)
+            face_passes += work[path.name] if faces is not None else 0
+    return {"images": len(files), "seconds": two, "load_s": load_s, "cpu_s": two_cpu,
+            "model_passes": 2 * len(files),
+            "floor": {"images": len([f for f in files if f.name in work]), "seconds": floor,
+                      "cpu_s": floor_cpu, "model_passes": passes, "face_passes": face_passes},
+            "backend": detector.backend, "model": detector.name, "threads": detector.threads}
+
+
+def variant_main(args: argparse.Namespace) -> int:
+    """Entry point of a variant's subprocess: run it, write its JSON, exit."""
+    folder, scratch = Path(args.variant_source), Path(args.variant_scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    if args.variant == "seed":
+        result = run_seed(folder, scratch)
+    elif args.variant == "pipeline":
+        result = run_pipeline(folder, scratch, args.model, args.workers)
+    else:
+        rounds = Path(args.variant_rounds) if args.variant_rounds else None
+        result = run_raw(folder, args.model, rounds)
+    result["peak_rss_mb"] = peak_rss_mb()
+    Path(args.variant_out).write_text(json.dumps(result))
+    return 0
+
+
+def spawn(variant: str, folder: Path, scratch: Path, args: argparse.Namespace,
+          rounds: Path | None = None) -> dict[str, Any]:
+    out = scratch / f"{variant}.json"
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--variant", variant,
+        "--variant-source", str(folder), "--variant-scratch", str(scratch / variant),
+        "--variant-out", str(out), "--model", args.model, "--workers", str(args.workers),
+    ]
+    if rounds is not None:
+        command += ["--variant-rounds", str(rounds)]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"variant {variant} failed:\n{completed.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+# --- comparing -------------------------------------------------------------------------------
+
+
+def rate(part: dict[str, Any]) -> float | None:
+    return round(part["images"] / part["seconds"], 3) if part["seconds"] > 0 else None
+
+
+def compare(name: str, files: list[Path], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """a, c, b per chunk, alternating; totals per variant."""
+    folders = chunked(files, args.rounds, work / name)
+    totals: dict[str, dict[str, Any]] = {
+        v: {"images": 0, "seconds": 0.0, "load_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0,
+            "model_passes": 0}
+        for v in ("seed", "raw", "floor", "pipeline")
+    }
+    stages: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    faces = 0
+    info: dict[str, Any] = {}
+    for index, folder in enumerate(folders):
+        scratch = work / f"{name}-run-{index:02d}"
+        parts = {"seed": spawn("seed", folder, scratch, args)}
+        parts["pipeline"] = spawn("pipeline", folder, scratch, args)
+        rounds = scratch / "rounds.json"
+        rounds.write_text(json.dumps(parts["pipeline"]["verification_rounds"]))
+        parts["raw"] = spawn("raw", folder, scratch, args, rounds)
+        parts["floor"] = {**parts["raw"]["floor"], "load_s": 0.0,
+                          "peak_rss_mb": parts["raw"]["peak_rss_mb"]}
+        for variant, part in parts.items():
+            total = totals[variant]
+            for key in ("images", "seconds", "load_s", "cpu_s", "model_passes"):
+                total[key] += part[key]
+            total["peak_rss_mb"] = max(total["peak_rss_mb"], part["peak_rss_mb"])
+        stages.update(parts["pipeline"]["stages_ms"])
+        statuses.update(parts["pipeline"]["statuses"])
+        faces += parts["pipeline"]["face_passes"]
+        info = {k: parts["pipeline"][k] for k in ("backend", "model", "threads")}
+        shutil.rmtree(scratch, ignore_errors=True)
+        print(f"  {name} chunk {index + 1}/{len(folders)}: "
+              + ", ".join(f"{v} {rate(p)} img/s" for v, p in parts.items() if "seconds" in p),
+              flush=True)
+    for total in totals.values():
+        total["images_per_s"] = rate(total)
+        total["seconds"] = round(total["seconds"], 2)
+        total["load_s"] = round(total["load_s"], 2)
+        total["cpu_ms_per_image"] = round(1000 * total["cpu_s"] / max(1, total["images"]), 1)
+        total["cpu_s"] = round(total["cpu_s"], 2)
+        total["model_passes_per_image"] = round(total["model_passes"] / max(1, total["images"]), 2)
+    stage_sum = sum(stages.values()) or 1.0
+    a, b, floor, c = (totals[v]["images_per_s"] for v in ("seed", "raw", "floor", "pipeline"))
+    cpu = {v: totals[v]["cpu_ms_per_image"] for v in totals}
+    return {
+        "images": len(files),
+        "pipeline": {**info, "workers": args.workers, "statuses": dict(statuses),
+                     "face_passes_per_image": round(faces / max(1, len(files)), 2),
+                     "stage_share": {k: round(stages[k] / stage_sum, 3) for k in STAGES}},
+        "variants": totals,
+        "ratios": {
+            "c_over_a": round(c / a, 3) if a and c else None,
+            "c_over_b": round(c / b, 3) if b and c else None,
+            "c_over_b_floor": round(c / floor, 3) if floor and c else None,
+            # the same ratios from CPU time per image: less moved by other processes' load,
+            # but blind to idle waits and to how well a variant uses both CPUs
+            "cpu_c_over_a": round(cpu["seed"] / cpu["pipeline"], 3) if cpu["pipeline"] else None,
+            "cpu_c_over_b": round(cpu["raw"] / cpu["pipeline"], 3) if cpu["pipeline"] else None,
+            "cpu_c_over_b_floor": (
+                round(cpu["floor"] / cpu["pipeline"], 3) if cpu["pipeline"] else None
+            ),
+        },
+    }
+
+
+def rss_scaling(sizes: list[int], sources: list[Path], args: argparse.Namespace,
+                work: Path) -> list[dict[str, Any]]:
+    rows = []
+    for size in sizes:
+        folder = work / f"rss-{size}"
+        synthesize(sources, size, folder, seed=size)
+        part = spawn("pipeline", folder, work / f"rss-{size}-run", args)
+        rows.append({"images": size, "peak_rss_mb": part["peak_rss_mb"],
+                     "images_per_s": rate(part), "statuses": part["statuses"]})
+        print(f"  rss {size} images: peak {part['peak_rss_mb']} MB, {rate(part)} img/s", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work / f"rss-{size}-run", ignore_errors=True)
+    return rows
+
+
+def print_table(name: str, result: dict[str, Any]) -> None:
+    v, r, p = result["variants"], result["ratios"], result["pipeline"]
+    labels = {"seed": "(a) seed loop (.pt)", "raw": f"(b) 2 passes ({p['backend']})",
+              "floor": "(b*) (c)'s model work", "pipeline": f"(c) pipeline ({p['backend']})"}
+    print(f"\n{name}: {result['images']} images; (c) = {p['model']}, {p['threads']} threads, "
+          f"{p['workers']} workers; statuses {p['statuses']}")
+    print(f"{'variant':28s} {'img/s':>7s} {'CPU ms/img':>10s} {'passes/img':>10s} "
+          f"{'peak RSS MB':>12s} {'load s':>7s}")
+    for key, label in labels.items():
+        row = v[key]
+        print(f"{label:28s} {row['images_per_s'] or 0:7.2f} {row['cpu_ms_per_image']:10.0f} "
+              f"{row['model_passes_per_image']:10.2f} {row['peak_rss_mb']:12.0f} "
+              f"{row['load_s']:7.1f}")
+    print(f"ratios (img/s): c/a {r['c_over_a']}  c/b {r['c_over_b']}  c/b* {r['c_over_b_floor']}")
+    print(f"ratios (CPU):   c/a {r['cpu_c_over_a']}  c/b {r['cpu_c_over_b']}  "
+          f"c/b* {r['cpu_c_over_b_floor']}; face passes/img {p['face_passes_per_image']}")
+    print("(c) stage shares: " + ", ".join(f"{k} {s:.0%}" for k, s in p["stage_share"].items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
+                        help="folder of source images (default: the shared coco128 images)")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N source images")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="also compare on N synthetic images tiled/rescaled from the sources")
+    parser.add_argument("--backend", choices=sorted(BACKEND_MODELS), default=None,
+                        help="backend of (b) and (c) (default: that of the default settings)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="chunks the variants alternate over (default: 4)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run_batch workers for (c) (default: run_batch's default)")
+    parser.add_argument("--rss-scaling", default=None, metavar="N,N",
+                        help="only (c): peak RSS of one batch per synthetic set size")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    parser.add_argument("--variant", choices=["seed", "pipeline", "raw"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant-source", help=argparse.SUPPRESS)
+    parser.add_argument("--variant-scratch", help=argparse.SUPPRESS)
+    parser.add_argument("--variant-out", help=argparse.SUPPRESS)
+    parser.add_argument("--variant-rounds", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.variant:
+        return variant_main(args)
+
+    from airflow_privacy.core.batch import DEFAULT_WORKERS
+    from airflow_privacy.core.detect import cpu_budget
+    from airflow_privacy.core.models import resolve_model
+    from airflow_privacy.core.settings import RunSettings
+
+    args.workers = args.workers or DEFAULT_WORKERS
+    args.model = BACKEND_MODELS[args.backend] if args.backend else RunSettings().detection.model
+    for model in {args.model, SEED_MODEL}:
+        resolve_model(model)  # fetched, checked, exported once here rather than in a variant
+    sources = source_images(args.dataset, args.limit)
+    output: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "cpu_budget": cpu_budget(),
+                    "load_avg_start": os.getloadavg()},
+        "model": args.model, "workers": args.workers, "rounds": args.rounds,
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        work = Path(tmp)
+        if args.rss_scaling:
+            sizes = [int(s) for s in args.rss_scaling.split(",") if s.strip()]
+            output["rss_scaling"] = rss_scaling(sizes, sources, args, work)
+        else:
+            sets = {"coco": sources}
+            if args.synthetic:
+                sets["synthetic"] = synthesize(sources, args.synthetic, work / "synthetic-src")
+            output["sets"] = {}
+            for name, files in sets.items():
+                print(f"{name}: {len(files)} images, {args.rounds} rounds", flush=True)
+                output["sets"][name] = compare(name, files, args, work)
+                print_table(name, output["sets"][name])
+    output["machine"]["load_avg_end"] = os.getloadavg()
+    output["wall_s"] = round(time.perf_counter() - started, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(output, indent=2, sort_keys=True) + "\n")
+    print(f"\nwrote {args.json} ({output['wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
