@@ -491,6 +491,7 @@ RECIPE_KEYS: dict[str, Any] = {
     "verify_flip": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "padding": float, "faces": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "face_conf": float, "face_size": int, "remediation_rounds": int,
+    "crowd_gap": lambda v: None if v.lower() in ("none", "off", "") else float(v),
 }
 
 
@@ -528,7 +529,8 @@ def recipe_settings(options: dict[str, Any]) -> RunSettings:
             flip=options["flip"],
         ),
         anonymization=AnonymizationSettings(
-            target=options["target"], method=options["method"], padding=options["padding"]
+            target=options["target"], method=options["method"], padding=options["padding"],
+            crowd_gap=options["crowd_gap"],
         ),
         verification=replace(base, **verification),
     ).validate()
@@ -579,6 +581,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-verify-flip", dest="verify_flip", action="store_false",
                    default=defaults.verification.flip)
     p.add_argument("--padding", type=float, default=defaults.anonymization.padding)
+    p.add_argument("--crowd-gap", type=RECIPE_KEYS["crowd_gap"],
+                   default=defaults.anonymization.crowd_gap,
+                   help="join side-by-side people into one region (none: off)")
     p.add_argument("--remediation-rounds", type=int,
                    default=defaults.verification.remediation_rounds)
     v = defaults.verification

@@ -46,3 +46,13 @@ def test_merge_duplicates_keeps_best():
     boxes = [(0, 0, 10, 10), (1, 0, 11, 10), (50, 50, 60, 60)]
     keep = merge_duplicates(boxes, [0.5, 0.9, 0.3], 0.5)
     assert keep == [1, 2]
+
+
+def test_people_side_by_side_form_one_crowd_box():
+    from airflow_privacy.core.geometry import crowd_boxes
+
+    row = [(0, 0, 10, 40), (14, 2, 24, 42), (60, 0, 70, 40)]  # third is far away
+    assert crowd_boxes(row, 0.25) == [(0, 0, 24, 42)]
+    assert crowd_boxes(row, 0.0) == []
+    # one much taller person next to a small one is not a row
+    assert crowd_boxes([(0, 0, 10, 100), (11, 60, 15, 90)], 0.25) == []

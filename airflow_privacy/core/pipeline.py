@@ -18,7 +18,7 @@ import numpy as np
 
 from airflow_privacy.core.anonymize import AnonymizationMethod, make_method
 from airflow_privacy.core.detect import PersonDetection, PersonDetector
-from airflow_privacy.core.geometry import Box, pad_box
+from airflow_privacy.core.geometry import Box, crowd_boxes, pad_box
 from airflow_privacy.core.images import (
     DecodedImage,
     ImageRejected,
@@ -71,15 +71,23 @@ class Verified:
 
 
 def plan_regions(
-    detections: Sequence[PersonDetection], target: str, padding: float, width: int, height: int
+    detections: Sequence[PersonDetection],
+    target: str,
+    padding: float,
+    width: int,
+    height: int,
+    crowd_gap: float | None = None,
 ) -> list[Region]:
     """The regions to anonymize for ``target``.
 
     For the head target, a person with no visible face keypoint (back turned,
     face cut off, too small for keypoints) gets the whole person: we cannot
     say where the head is, so the safe region is all of them.
+
+    For the person target, people standing side by side (``crowd_gap``) are
+    also hidden as one row, see :func:`~airflow_privacy.core.geometry.crowd_boxes`.
     """
-    regions = []
+    regions: list[Region] = []
     for person in detections:
         if target == "head" and person.head_box is not None:
             regions.append(Region(pad_box(person.head_box, padding, width, height), "head"))
@@ -89,6 +97,11 @@ def plan_regions(
             )
         else:
             regions.append(Region(pad_box(person.box, padding, width, height), "person"))
+    if target == "person" and crowd_gap is not None:
+        regions += [
+            Region(box, "crowd")
+            for box in crowd_boxes([r.box for r in regions], crowd_gap)
+        ]
     return regions
 
 
@@ -151,7 +164,9 @@ class Pipeline:
 
     def plan(self, image: DecodedImage, detections: Sequence[PersonDetection]) -> list[Region]:
         a = self.settings.anonymization
-        return plan_regions(detections, a.target, a.padding, image.width, image.height)
+        return plan_regions(
+            detections, a.target, a.padding, image.width, image.height, a.crowd_gap
+        )
 
     def anonymize(self, image: DecodedImage, regions: Sequence[Region]) -> np.ndarray:
         return self.method.apply(image.pixels, [r.box for r in regions])

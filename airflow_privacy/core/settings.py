@@ -44,6 +44,7 @@ class AnonymizationSettings:
     target: Target = "person"
     method: MethodName = "blur"
     padding: float = 0.1
+    crowd_gap: float | None = 0.25  # None: never join neighbours into one region
 
 
 @dataclass(frozen=True)
