@@ -44,6 +44,28 @@ def demo_run(airflow_home, models, tmp_path_factory) -> dict:
     return {**result, "source": source, "output": output}
 
 
+def test_the_existing_ingestion_example_runs_ingest_then_anonymization_then_load(
+    airflow_home, models, tmp_path
+):
+    """The one-line TaskGroup between an ingest and a load task, on one sample image."""
+    from tests.conftest import SAMPLES
+
+    landing, output = tmp_path / "landing", tmp_path / "output"
+    landing.mkdir()
+    shutil.copy(SAMPLES / "zidane.jpg", landing / "zidane.jpg")
+    dag_id = "example_existing_ingestion"
+    run = run_dag_test(airflow_home, DAGS / f"{dag_id}.py", dag_id,
+                       {"landing": str(landing), "output": str(output)})
+    assert run["state"] == "success", run["log"][-4000:]
+    assert set(run["tasks"].values()) == {"success"} and "load[-1]" in run["tasks"]
+    assert run["xcoms"]["ingest[-1].return_value"]["ingested"] == 1
+    assert run["xcoms"]["load[-1].return_value"] == {"loaded": 1,
+                                                     "release": str(output / "release")}
+    assert sorted(p.name for p in (output / "release").iterdir()) == ["_SUCCESS", "zidane.jpg"]
+    [event] = run["asset_events"]
+    assert event["uri"] == (output / "release").as_uri() and event["extra"]["published"] == 1
+
+
 def _manifest(output: Path) -> list[dict]:
     lines = (output / "report" / "manifest.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
@@ -213,3 +235,58 @@ def test_the_gate_accounts_for_every_input_and_bounds_the_error_rate():
         validate_manifest(unexplained, ["a.jpg", "c.jpg"], max_error_rate=0.5)
     assert "error code" in str(failure.value) and "quarantine path or a reason" in str(
         failure.value)
+
+
+def test_the_gate_refuses_what_is_both_published_and_quarantined_or_keeps_metadata():
+    from airflow_privacy.core.expectations import ManifestValidationError, validate_manifest
+
+    both = {**_record("a.jpg"), "quarantine": "s3://b/quarantine/a.jpg"}
+    with pytest.raises(ManifestValidationError, match="both to be published and quarantined"):
+        validate_manifest([both], ["a.jpg"])
+    kept = {**_record("a.jpg"), "metadata_stripped": None}
+    with pytest.raises(ManifestValidationError, match="carry no metadata"):
+        validate_manifest([kept], ["a.jpg"])
+
+
+def test_all_or_nothing_tolerates_no_failed_input_whatever_the_error_bound():
+    from airflow_privacy.core.expectations import ManifestValidationError, validate_manifest
+
+    records = [_record("a.jpg"), {**_record("b.jpg", "error"), "quarantine": "q"}]
+    assert validate_manifest(records, ["a.jpg", "b.jpg"], max_error_rate=0.5).success
+    with pytest.raises(ManifestValidationError) as failure:
+        validate_manifest(records, ["a.jpg", "b.jpg"], max_error_rate=0.5,
+                          policy="all_or_nothing")
+    assert failure.value.failed == [
+        "every input is verified (policy all_or_nothing; error rate bound 0%): "
+        "expect_column_values_to_be_in_set on status, 1 unexpected (e.g. b.jpg)"]
+
+
+def test_publish_is_idempotent_and_retracts_the_marker_of_another_manifest(tmp_path):
+    from airflow_privacy.core.publish import SUCCESS_MARKER, publish, release_digest
+
+    staging, release = open_storage(str(tmp_path / "staging")), open_storage(str(tmp_path / "r"))
+    records = []
+    for name in ("a.jpg", "sub/b.jpg"):
+        staging.write(name, name.encode())
+        records.append({**_record(name), "output_key": name,
+                        "output_sha256": sha256_bytes(name.encode())})
+    first = publish(records, staging, release, policy="all_or_nothing", manifest_sha256="m1")
+    snapshot = {key: release.read(key) for key in release.list()}
+    again = publish(records, staging, release, policy="all_or_nothing", manifest_sha256="m1")
+    assert again == first and {key: release.read(key) for key in release.list()} == snapshot
+    marker = json.loads(release.read_text(SUCCESS_MARKER))
+    assert marker["manifest_sha256"] == "m1" and marker["published"] == 2
+    assert marker["release_sha256"] == release_digest(
+        [(r["output_key"], r["output_sha256"]) for r in records])
+
+    # A later run that may release nothing leaves the previous, complete release alone...
+    failed = [records[0], {**_record("c.jpg", "error"), "output_key": "c.jpg"}]
+    held = publish(failed, staging, release, policy="all_or_nothing", manifest_sha256="m2")
+    assert held["published"] == 0
+    assert json.loads(release.read_text(SUCCESS_MARKER))["manifest_sha256"] == "m1"
+    # ...and one that changes the release takes the old marker down before it starts.
+    staging.write("a.jpg", b"tampered")
+    with pytest.raises(Exception, match="does not match its verified sha256"):
+        publish(records[:1], staging, release, policy="publish_passing", manifest_sha256="m3")
+    assert not release.exists(SUCCESS_MARKER)
+    assert release.read("a.jpg") == b"a.jpg"  # nothing unverified was written

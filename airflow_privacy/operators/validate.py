@@ -76,7 +76,8 @@ class ValidateManifestOperator(LineageMixin, BaseOperator):
                                    manifest_sha256=manifest_sha256, policy=self.policy,
                                    raise_on_failure=False)
         summary = {**result.to_xcom(), "manifest_sha256": manifest_sha256}
-        context["ti"].xcom_push(key=VALIDATION_XCOM, value=summary)
+        if (ti := context.get("ti")) is not None:
+            ti.xcom_push(key=VALIDATION_XCOM, value=summary)
         if not result.success:
             error = ManifestValidationError(result.failed, result.path)
             self.log.error("%s", error)
