@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_privacy.operators.compat import BaseOperator
+from airflow_privacy.operators.compat import AirflowFailException, BaseOperator
 
 if TYPE_CHECKING:
     from airflow_privacy.core.pipeline import Pipeline
@@ -114,10 +114,17 @@ class ShardOperator(LineageMixin, BaseOperator):
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_privacy.core.models import ModelError
+        from airflow_privacy.core.settings import SettingsError
         from airflow_privacy.core.stages import build_pipeline
 
         source, work = open_locations(self.aws_conn_id, self.source, self.work)
-        result = self.run_stage(build_pipeline(self.settings), source, work, self.shard)
+        try:
+            result = self.run_stage(build_pipeline(self.settings), source, work, self.shard)
+        except (ModelError, SettingsError) as exc:
+            # A wrong model or configuration does not heal by retrying; a storage
+            # outage (TransientStorageError) propagates and is retried.
+            raise AirflowFailException(str(exc)) from exc
         self.log.info("shard %s: %s", self.shard["shard_id"], result)
         if result.get("skipped"):
             self.log.info("shard %s: %d of %d inputs were already done and skipped",

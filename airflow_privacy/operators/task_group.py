@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow_privacy.operators.anonymize import AnonymizePeopleOperator
@@ -21,6 +22,12 @@ from airflow_privacy.operators.publish import PublishReleaseOperator
 from airflow_privacy.operators.shards import ListImageShardsOperator
 from airflow_privacy.operators.validate import ValidateManifestOperator
 from airflow_privacy.operators.verify import VerifyAnonymizationOperator
+
+RETRY_DEFAULTS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}
 
 
 def anonymization_task_group(
@@ -54,7 +61,14 @@ def anonymization_task_group(
     release Asset (or the AssetAlias ``release_alias``, default ``{dag_id}_release``,
     when ``release`` is templated), with the
     counts in the event's ``extra``.
+
+    Unless ``default_args`` say otherwise, every task is retried twice with
+    exponential backoff: storage outages are transient, and retried shards
+    only redo the inputs that had not finished.
     """
+    group_kwargs.setdefault("default_args", {})
+    for key, value in RETRY_DEFAULTS.items():
+        group_kwargs["default_args"].setdefault(key, value)
     if hasattr(settings, "to_dict"):
         settings = settings.to_dict()
     locations = {"source": source, "work": work, "settings": settings,
