@@ -22,6 +22,19 @@ SAMPLES = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets"
 COCO = PROJECT.parent / "shared" / "datasets" / "coco128-train"
 
 
+def image_dataset(count: int) -> dict[str, bytes]:
+    """``count`` images keyed by name: the two samples, then COCO (or sample copies without it)."""
+    images = {name: (SAMPLES / name).read_bytes() for name in ("bus.jpg", "zidane.jpg")}
+    coco = sorted((COCO / "images").glob("*.jpg")) if COCO.is_dir() else []
+    for path in coco[: count - len(images)]:
+        images[f"coco/{path.name}"] = path.read_bytes()
+    originals = list(images.items())
+    while len(images) < count:
+        name, data = originals[len(images) % len(originals)]
+        images[f"copies/{len(images):02d}-{Path(name).name}"] = data
+    return images
+
+
 @pytest.fixture(scope="session")
 def models() -> Path:
     """The default weights in the model directory, fetched (offline) if missing."""

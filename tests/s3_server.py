@@ -232,3 +232,16 @@ def s3_bucket(s3_client: Any) -> str:
     name = new_bucket_name()
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+def object_digests(client: Any, bucket: str, prefix: str) -> dict[str, str]:
+    """{key below ``prefix``: sha256} of every object below ``prefix``: a release's identity."""
+    import hashlib
+
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                  Prefix=prefix + "/"):
+        for item in page.get("Contents", ()):
+            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            found[item["Key"][len(prefix) + 1:]] = hashlib.sha256(body).hexdigest()
+    return found

@@ -38,6 +38,7 @@ PT = "yolo11n-pose.pt"
 @pytest.fixture(scope="session")
 def onnx_model(models):
     """The ONNX export in the shared model directory (made once, as `make models` does)."""
+    pytest.importorskip("onnx")  # the export's dependency; optional while .pt is the default
     return ensure_export(PT, "onnx")
 
 
@@ -71,6 +72,7 @@ def test_onnx_backend_finds_the_same_people_as_the_pt(detector, onnx_model):
     assert detector.backend == "pytorch"
     exported = PersonDetector(str(onnx_model))
     assert exported.backend == "onnx" and exported.name == "yolo11n-pose.onnx"
+    assert exported.source_sha256 == detector.sha256 == detector.source_sha256
     image = cv2.imread(str(SAMPLES / "bus.jpg"))
     for confidence, flip in ((0.25, False), (0.1, True)):
         reference = detector.detect(image, confidence=confidence, flip=flip)

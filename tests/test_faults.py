@@ -44,7 +44,12 @@ from airflow_privacy.core.settings import RunSettings
 from airflow_privacy.storage import StorageError, TransientStorageError, open_storage
 from tests.conftest import PROJECT, SAMPLES
 from tests.fault_proxy import FaultProxy
-from tests.s3_server import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, REGION
+from tests.s3_server import (
+    FAKE_ACCESS_KEY_ID,
+    FAKE_SECRET_ACCESS_KEY,
+    REGION,
+    object_digests,
+)
 
 
 def _mirrored(name: str) -> bytes:
@@ -109,16 +114,6 @@ def _client(endpoint_url: str) -> Any:
     )
 
 
-def _s3_objects(client: Any, bucket: str, prefix: str) -> dict[str, str]:
-    found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                  Prefix=prefix + "/"):
-        for item in page.get("Contents", ()):
-            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-            found[item["Key"][len(prefix) + 1:]] = sha256_bytes(body)
-    return found
-
-
 def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_release(
     pipeline, s3_server, s3_client, s3_bucket
 ):
@@ -131,7 +126,7 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
 
     # the uninterrupted run, straight to the server
     _run_stages(pipeline, *stores(s3_client, "reference"))
-    reference = _s3_objects(s3_client, s3_bucket, "reference/release")
+    reference = object_digests(s3_client, s3_bucket, "reference/release")
     assert len(_without_marker(reference)) == 4
 
     with FaultProxy(s3_server.endpoint_url) as proxy:
@@ -149,9 +144,9 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
             stages.verify_shard(pipeline, source, work, shards[0])
         assert proxy.cuts == 1 and not proxy.running
         assert time.monotonic() - started < 30
-        staged = _s3_objects(s3_client, s3_bucket, "run/work/staging")
+        staged = object_digests(s3_client, s3_bucket, "run/work/staging")
         assert sorted(staged) == [shards[0]["keys"][0]]  # the cut upload left nothing behind
-        records = _s3_objects(s3_client, s3_bucket, "run/work/records")
+        records = object_digests(s3_client, s3_bucket, "run/work/records")
         assert len(records) == 1 and "00000.jsonl" not in records  # one input's checkpoint
 
         # while it is down, every stage fails the same retryable way
@@ -172,7 +167,7 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
             stages.publish_release(report, work, release, "publish_passing",
                                    manifest_sha256=manifest_sha, require_validation=False)
         assert proxy.cuts == 2
-        partial = _s3_objects(s3_client, s3_bucket, "run/release")
+        partial = object_digests(s3_client, s3_bucket, "run/release")
         assert "_SUCCESS" not in partial  # incomplete, and it says so
         assert len(partial) == 1
         for key, sha in partial.items():  # what is there is whole: a verified output
@@ -182,7 +177,7 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
         result = stages.publish_release(report, work, release, "publish_passing",
                                         manifest_sha256=manifest_sha, require_validation=False)
     assert result["published"] == 4
-    published = _s3_objects(s3_client, s3_bucket, "run/release")
+    published = object_digests(s3_client, s3_bucket, "run/release")
     assert _without_marker(published) == _without_marker(reference)  # same keys, same bytes
     read = s3_client.get_object
     assert _marker_facts(read(Bucket=s3_bucket, Key="run/release/_SUCCESS")["Body"].read()) == (

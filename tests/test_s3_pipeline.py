@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,8 +31,13 @@ import pytest
 from airflow_privacy.core.images import sha256_bytes
 from airflow_privacy.core.publish import release_digest
 from tests.airflow_env import DAGS, PROJECT, run_dag_test
-from tests.conftest import COCO, SAMPLES
-from tests.s3_server import FAKE_SECRET_ACCESS_KEY, airflow_s3_connection, new_bucket_name
+from tests.conftest import image_dataset
+from tests.s3_server import (
+    FAKE_SECRET_ACCESS_KEY,
+    airflow_s3_connection,
+    new_bucket_name,
+    object_digests,
+)
 
 DAG_ID = "example_anonymize_s3"
 DAG_FILE = DAGS / f"{DAG_ID}.py"
@@ -83,30 +87,6 @@ if not only:
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-def _dataset() -> dict[str, bytes]:
-    """40 images: the two ultralytics samples, then COCO (or sample copies without it)."""
-    images = {name: (SAMPLES / name).read_bytes() for name in ("bus.jpg", "zidane.jpg")}
-    coco = sorted((COCO / "images").glob("*.jpg")) if COCO.is_dir() else []
-    for path in coco[: IMAGES - len(images)]:
-        images[f"coco/{path.name}"] = path.read_bytes()
-    copies = list(images.items())
-    while len(images) < IMAGES:
-        name, data = copies[len(images) % len(copies)]
-        images[f"copies/{len(images):02d}-{Path(name).name}"] = data
-    return images
-
-
-def _objects(client: Any, bucket: str, prefix: str) -> dict[str, str]:
-    """{key below prefix: sha256} of every object below ``prefix``."""
-    found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                  Prefix=prefix + "/"):
-        for item in page.get("Contents", ()):
-            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-            found[item["Key"][len(prefix) + 1:]] = sha256_bytes(body)
-    return found
-
-
 def _read(client: Any, bucket: str, key: str) -> bytes:
     return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
@@ -122,7 +102,7 @@ def s3(s3_server, airflow_home, models) -> dict[str, Any]:
     client = s3_server.client()
     bucket = new_bucket_name("privacy")
     client.create_bucket(Bucket=bucket)
-    images = _dataset()
+    images = image_dataset(IMAGES)
     for name, data in images.items():
         client.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=data)
     client.put_object(Bucket=bucket, Key="incoming/README.txt", Body=b"not an image")
@@ -178,7 +158,7 @@ def test_the_sharded_dag_publishes_exactly_the_verified_images(s3, dag_run):
     records = _records(client, bucket, f"{dag_run['report']}/manifest.jsonl")
     assert sorted(r["source"] for r in records) == sorted(s3["images"])  # README.txt ignored
     verified = {r["output_key"]: r["output_sha256"] for r in records if r["status"] == "verified"}
-    release = _objects(client, bucket, "release")
+    release = object_digests(client, bucket, "release")
     marker = json.loads(_read(client, bucket, "release/_SUCCESS"))
     del release["_SUCCESS"]
     assert release == verified  # exactly the verified outputs, byte for byte
@@ -216,7 +196,7 @@ def test_no_secret_reaches_the_logs_or_xcom(dag_run):
 
 def test_rerunning_the_same_dag_run_skips_every_input_and_keeps_the_release(s3, dag_run):
     client, bucket = s3["client"], s3["bucket"]
-    before = _objects(client, bucket, "release")
+    before = object_digests(client, bucket, "release")
     manifest = _read(client, bucket, f"{dag_run['report']}/manifest.jsonl")
     conf = _conf(bucket, shard_size=SHARD_SIZE, policy="publish_passing",
                  max_error_rate=MAX_ERROR_RATE)
@@ -227,7 +207,7 @@ def test_rerunning_the_same_dag_run_skips_every_input_and_keeps_the_release(s3, 
         for i in range(IMAGES // SHARD_SIZE):
             result = again["xcoms"][f"anonymize_people.{stage}[{i}].return_value"]
             assert (result["skipped"], result["computed"]) == (SHARD_SIZE, 0), (stage, result)
-    assert _objects(client, bucket, "release") == before  # same keys, same bytes, no more
+    assert object_digests(client, bucket, "release") == before  # same keys, same bytes, no more
     # The reused records are the same records: the same manifest, hence the same _SUCCESS.
     assert _read(client, bucket, f"{dag_run['report']}/manifest.jsonl") == manifest
 
@@ -312,8 +292,8 @@ def test_a_killed_and_rerun_shard_skips_verified_inputs_and_the_release_is_ident
     print(f"\nkilled after {done_before} verified inputs; the retry skipped them and "
           f"verified {SHARD_SIZE - done_before}")
 
-    rerun = _objects(client, bucket, f"{prefix}/release")
-    reference = _objects(client, bucket, "release")
+    rerun = object_digests(client, bucket, f"{prefix}/release")
+    reference = object_digests(client, bucket, "release")
     marker, expected = (json.loads(_read(client, bucket, f"{p}/_SUCCESS"))
                         for p in (f"{prefix}/release", "release"))
     del rerun["_SUCCESS"], reference["_SUCCESS"]

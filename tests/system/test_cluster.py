@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from airflow_privacy.core.images import sha256_bytes
+from tests.conftest import image_dataset
+from tests.s3_server import object_digests
 from tests.system.cluster import WORKERS, spread
 
 pytestmark = pytest.mark.system
@@ -54,32 +55,6 @@ def test_both_workers_take_mapped_tasks(cluster):
 # -- the sharded S3 example DAG on 40 images -------------------------------------------------
 
 
-def _dataset() -> dict[str, bytes]:
-    """40 images: the two ultralytics samples, then COCO (or copies of the samples without it)."""
-    from tests.conftest import COCO, SAMPLES
-
-    images = {name: (SAMPLES / name).read_bytes() for name in ("bus.jpg", "zidane.jpg")}
-    coco = sorted((COCO / "images").glob("*.jpg")) if COCO.is_dir() else []
-    for path in coco[: IMAGES - len(images)]:
-        images[f"coco/{path.name}"] = path.read_bytes()
-    originals = list(images.items())
-    while len(images) < IMAGES:
-        name, data = originals[len(images) % len(originals)]
-        images[f"copies/{len(images):02d}-{Path(name).name}"] = data
-    return images
-
-
-def _objects(client: Any, bucket: str, prefix: str) -> dict[str, str]:
-    """{key below prefix: sha256} of every object below ``prefix``."""
-    found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                  Prefix=prefix + "/"):
-        for item in page.get("Contents", ()):
-            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-            found[item["Key"][len(prefix) + 1:]] = sha256_bytes(body)
-    return found
-
-
 def _conf(bucket: str, prefix: str) -> dict[str, Any]:
     return {
         "source": f"s3://{bucket}/incoming",
@@ -99,7 +74,7 @@ def source_bucket(system_s3) -> str:
     client = system_s3.client()
     bucket = "privacy-system"
     client.create_bucket(Bucket=bucket)
-    for name, data in _dataset().items():
+    for name, data in image_dataset(IMAGES).items():
         client.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=data)
     return bucket
 
@@ -145,8 +120,8 @@ def test_the_sharded_dag_on_two_workers_releases_what_one_process_does(
     print(f"the same DAG with dag.test() in one process: {local_s:.0f}s wall")
     assert local["state"] == "success", local["log"][-6000:]
 
-    released = _objects(client, source_bucket, "cluster/release")
-    expected = _objects(client, source_bucket, "in-process/release")
+    released = object_digests(client, source_bucket, "cluster/release")
+    expected = object_digests(client, source_bucket, "in-process/release")
     marker, expected_marker = (json.loads(client.get_object(
         Bucket=source_bucket, Key=f"{prefix}/release/_SUCCESS")["Body"].read())
         for prefix in ("cluster", "in-process"))
