@@ -37,3 +37,12 @@ def test_lower_detection_confidence_pulls_verification_down():
     s = RunSettings().with_overrides(confidence=0.05)
     assert s.verification.confidence == 0.05
     assert s.verification.covered_max_confidence == 0.05
+
+
+def test_presets():
+    thorough = RunSettings.preset("thorough")
+    assert thorough.detection.image_size == 1280 and thorough.detection.flip
+    assert thorough.verification.confidence <= thorough.detection.confidence
+    assert RunSettings.preset("default") == RunSettings()
+    with pytest.raises(SettingsError, match="unknown preset"):
+        RunSettings.preset("sloppy")
