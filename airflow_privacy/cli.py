@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", choices=["publish_passing", "all_or_nothing"],
                      default="publish_passing",
                      help="publish verified images even if others failed (default), or nothing")
+    run.add_argument("--preset", choices=["default", "thorough"], default="default",
+                     help="default: fast; thorough: 1280 px, flip, conf 0.1 (more recall, "
+                     "~5x slower)")
     run.add_argument("--settings", metavar="JSON",
-                     help="a JSON file of RunSettings; flags above override it")
+                     help="a JSON file of RunSettings (instead of --preset); flags above "
+                     "override it")
     run.add_argument("--pseudonymize-key-env", metavar="VAR",
                      help="publish under keyed pseudonyms (<hmac>.<suffix>, no folders): the "
                      "HMAC key is read from the environment variable VAR (never pass the key "
@@ -113,6 +117,7 @@ def _models(args: argparse.Namespace) -> int:
         KNOWN_MODELS,
         ModelError,
         ensure_export,
+        export_available,
         export_model,
         export_name,
         export_origin,
@@ -128,8 +133,12 @@ def _models(args: argparse.Namespace) -> int:
     else:
         jobs = [(name, None) for name in args.names or sorted(KNOWN_MODELS)]
         if not args.names and not args.no_export:  # `make models` leaves the exports ready
-            jobs += [(n, fmt) for n in sorted(KNOWN_MODELS) if n.endswith(".pt")
-                     for fmt in DEFAULT_EXPORTS]
+            for fmt in DEFAULT_EXPORTS:
+                if not export_available(fmt):  # optional until an export is the default model
+                    print(f"note: {fmt} export skipped ({fmt!r} is not installed)",
+                          file=sys.stderr)
+                    continue
+                jobs += [(n, fmt) for n in sorted(KNOWN_MODELS) if n.endswith(".pt")]
     for name, fmt in jobs:
         try:
             if args.models_command == "export":
@@ -158,7 +167,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from airflow_privacy.storage import StorageError, open_storage
 
     try:
-        base = RunSettings()
+        base = RunSettings.preset(args.preset)
         if args.settings:
             with open(args.settings, encoding="utf-8") as handle:
                 base = RunSettings.from_dict(json.load(handle))

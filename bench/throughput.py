@@ -31,8 +31,11 @@ bounded window of images in memory).
 
 Usage::
 
-    python bench/throughput.py [--limit N] [--synthetic N] [--backend onnx|pytorch|openvino]
+    python bench/throughput.py [--limit N] [--synthetic N] [--backend onnx,pytorch,openvino]
         [--rounds R] [--workers W] [--rss-scaling 1000,5000] [--json PATH]
+
+``--backend onnx,pytorch`` measures (b) and (c) for each backend in the same
+run, alternating with the others chunk by chunk.
 """
 
 from __future__ import annotations
@@ -267,12 +270,12 @@ def variant_main(args: argparse.Namespace) -> int:
 
 
 def spawn(variant: str, folder: Path, scratch: Path, args: argparse.Namespace,
-          rounds: Path | None = None) -> dict[str, Any]:
-    out = scratch / f"{variant}.json"
+          model: str, rounds: Path | None = None) -> dict[str, Any]:
+    out = scratch / f"{variant}-{model}.json"
     command = [
         sys.executable, str(Path(__file__).resolve()), "--variant", variant,
-        "--variant-source", str(folder), "--variant-scratch", str(scratch / variant),
-        "--variant-out", str(out), "--model", args.model, "--workers", str(args.workers),
+        "--variant-source", str(folder), "--variant-scratch", str(scratch / f"{variant}-{model}"),
+        "--variant-out", str(out), "--model", model, "--workers", str(args.workers),
     ]
     if rounds is not None:
         command += ["--variant-rounds", str(rounds)]
@@ -289,79 +292,94 @@ def rate(part: dict[str, Any]) -> float | None:
     return round(part["images"] / part["seconds"], 3) if part["seconds"] > 0 else None
 
 
-def compare(name: str, files: list[Path], args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """a, c, b per chunk, alternating; totals per variant."""
-    folders = chunked(files, args.rounds, work / name)
-    totals: dict[str, dict[str, Any]] = {
-        v: {"images": 0, "seconds": 0.0, "load_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0,
+def _total() -> dict[str, Any]:
+    return {"images": 0, "seconds": 0.0, "load_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0,
             "model_passes": 0}
-        for v in ("seed", "raw", "floor", "pipeline")
+
+
+def _add(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for key in ("images", "seconds", "load_s", "cpu_s", "model_passes"):
+        total[key] += part[key]
+    total["peak_rss_mb"] = max(total["peak_rss_mb"], part["peak_rss_mb"])
+
+
+def _finish(total: dict[str, Any]) -> dict[str, Any]:
+    total["images_per_s"] = rate(total)
+    total["cpu_ms_per_image"] = round(1000 * total["cpu_s"] / max(1, total["images"]), 1)
+    total["model_passes_per_image"] = round(total["model_passes"] / max(1, total["images"]), 2)
+    for key in ("seconds", "load_s", "cpu_s"):
+        total[key] = round(total[key], 2)
+    return total
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 3) if numerator and denominator else None
+
+
+def compare(name: str, files: list[Path], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Per chunk: (a), then per backend (c) and (b); totals per variant and backend."""
+    folders = chunked(files, args.rounds, work / name)
+    seed = _total()
+    backends: dict[str, dict[str, Any]] = {
+        backend: {"variants": {v: _total() for v in ("raw", "floor", "pipeline")},
+                  "stages": Counter(), "statuses": Counter(), "face_passes": 0, "info": {}}
+        for backend in args.backends
     }
-    stages: Counter[str] = Counter()
-    statuses: Counter[str] = Counter()
-    faces = 0
-    info: dict[str, Any] = {}
     for index, folder in enumerate(folders):
         scratch = work / f"{name}-run-{index:02d}"
-        parts = {"seed": spawn("seed", folder, scratch, args)}
-        parts["pipeline"] = spawn("pipeline", folder, scratch, args)
-        rounds = scratch / "rounds.json"
-        rounds.write_text(json.dumps(parts["pipeline"]["verification_rounds"]))
-        parts["raw"] = spawn("raw", folder, scratch, args, rounds)
-        parts["floor"] = {**parts["raw"]["floor"], "load_s": 0.0,
-                          "peak_rss_mb": parts["raw"]["peak_rss_mb"]}
-        for variant, part in parts.items():
-            total = totals[variant]
-            for key in ("images", "seconds", "load_s", "cpu_s", "model_passes"):
-                total[key] += part[key]
-            total["peak_rss_mb"] = max(total["peak_rss_mb"], part["peak_rss_mb"])
-        stages.update(parts["pipeline"]["stages_ms"])
-        statuses.update(parts["pipeline"]["statuses"])
-        faces += parts["pipeline"]["face_passes"]
-        info = {k: parts["pipeline"][k] for k in ("backend", "model", "threads")}
+        part = spawn("seed", folder, scratch, args, SEED_MODEL)
+        _add(seed, part)
+        line = [f"seed {rate(part)}"]
+        for backend, acc in backends.items():
+            model = BACKEND_MODELS[backend]
+            c = spawn("pipeline", folder, scratch, args, model)
+            rounds = scratch / f"rounds-{backend}.json"
+            rounds.write_text(json.dumps(c["verification_rounds"]))
+            b = spawn("raw", folder, scratch, args, model, rounds)
+            floor = {**b["floor"], "load_s": 0.0, "peak_rss_mb": b["peak_rss_mb"]}
+            for variant, result in (("pipeline", c), ("raw", b), ("floor", floor)):
+                _add(acc["variants"][variant], result)
+            acc["stages"].update(c["stages_ms"])
+            acc["statuses"].update(c["statuses"])
+            acc["face_passes"] += c["face_passes"]
+            acc["info"] = {k: c[k] for k in ("backend", "model", "threads")}
+            line.append(f"{backend}: c {rate(c)} b {rate(b)} b* {rate(floor)}")
         shutil.rmtree(scratch, ignore_errors=True)
-        print(f"  {name} chunk {index + 1}/{len(folders)}: "
-              + ", ".join(f"{v} {rate(p)} img/s" for v, p in parts.items() if "seconds" in p),
-              flush=True)
-    for total in totals.values():
-        total["images_per_s"] = rate(total)
-        total["seconds"] = round(total["seconds"], 2)
-        total["load_s"] = round(total["load_s"], 2)
-        total["cpu_ms_per_image"] = round(1000 * total["cpu_s"] / max(1, total["images"]), 1)
-        total["cpu_s"] = round(total["cpu_s"], 2)
-        total["model_passes_per_image"] = round(total["model_passes"] / max(1, total["images"]), 2)
-    stage_sum = sum(stages.values()) or 1.0
-    a, b, floor, c = (totals[v]["images_per_s"] for v in ("seed", "raw", "floor", "pipeline"))
-    cpu = {v: totals[v]["cpu_ms_per_image"] for v in totals}
-    return {
-        "images": len(files),
-        "pipeline": {**info, "workers": args.workers, "statuses": dict(statuses),
-                     "face_passes_per_image": round(faces / max(1, len(files)), 2),
-                     "stage_share": {k: round(stages[k] / stage_sum, 3) for k in STAGES}},
-        "variants": totals,
-        "ratios": {
-            "c_over_a": round(c / a, 3) if a and c else None,
-            "c_over_b": round(c / b, 3) if b and c else None,
-            "c_over_b_floor": round(c / floor, 3) if floor and c else None,
-            # the same ratios from CPU time per image: less moved by other processes' load,
-            # but blind to idle waits and to how well a variant uses both CPUs
-            "cpu_c_over_a": round(cpu["seed"] / cpu["pipeline"], 3) if cpu["pipeline"] else None,
-            "cpu_c_over_b": round(cpu["raw"] / cpu["pipeline"], 3) if cpu["pipeline"] else None,
-            "cpu_c_over_b_floor": (
-                round(cpu["floor"] / cpu["pipeline"], 3) if cpu["pipeline"] else None
-            ),
-        },
-    }
+        print(f"  {name} chunk {index + 1}/{len(folders)} img/s: " + ", ".join(line), flush=True)
+    seed = _finish(seed)
+    result: dict[str, Any] = {"images": len(files), "seed": seed, "backends": {}}
+    for backend, acc in backends.items():
+        v = {k: _finish(t) for k, t in acc["variants"].items()}
+        stage_sum = sum(acc["stages"].values()) or 1.0
+        c, b, floor = v["pipeline"], v["raw"], v["floor"]
+        result["backends"][backend] = {
+            **acc["info"], "workers": args.workers, "statuses": dict(acc["statuses"]),
+            "face_passes_per_image": round(acc["face_passes"] / max(1, len(files)), 2),
+            "stage_share": {k: round(acc["stages"][k] / stage_sum, 3) for k in STAGES},
+            "variants": v,
+            "ratios": {
+                "c_over_a": _ratio(c["images_per_s"], seed["images_per_s"]),
+                "c_over_b": _ratio(c["images_per_s"], b["images_per_s"]),
+                "c_over_b_floor": _ratio(c["images_per_s"], floor["images_per_s"]),
+                # the same from CPU time per image: less moved by other processes' load,
+                # but blind to idle waits and to how well a variant uses the CPUs
+                "cpu_c_over_a": _ratio(seed["cpu_ms_per_image"], c["cpu_ms_per_image"]),
+                "cpu_c_over_b": _ratio(b["cpu_ms_per_image"], c["cpu_ms_per_image"]),
+                "cpu_c_over_b_floor": _ratio(floor["cpu_ms_per_image"], c["cpu_ms_per_image"]),
+            },
+        }
+    return result
 
 
 def rss_scaling(sizes: list[int], sources: list[Path], args: argparse.Namespace,
                 work: Path) -> list[dict[str, Any]]:
     rows = []
+    model = BACKEND_MODELS[args.backends[0]]
     for size in sizes:
         folder = work / f"rss-{size}"
         synthesize(sources, size, folder, seed=size)
-        part = spawn("pipeline", folder, work / f"rss-{size}-run", args)
-        rows.append({"images": size, "peak_rss_mb": part["peak_rss_mb"],
+        part = spawn("pipeline", folder, work / f"rss-{size}-run", args, model)
+        rows.append({"images": size, "model": model, "peak_rss_mb": part["peak_rss_mb"],
                      "images_per_s": rate(part), "statuses": part["statuses"]})
         print(f"  rss {size} images: peak {part['peak_rss_mb']} MB, {rate(part)} img/s", flush=True)
         shutil.rmtree(folder, ignore_errors=True)
@@ -370,22 +388,31 @@ def rss_scaling(sizes: list[int], sources: list[Path], args: argparse.Namespace,
 
 
 def print_table(name: str, result: dict[str, Any]) -> None:
-    v, r, p = result["variants"], result["ratios"], result["pipeline"]
-    labels = {"seed": "(a) seed loop (.pt)", "raw": f"(b) 2 passes ({p['backend']})",
-              "floor": "(b*) (c)'s model work", "pipeline": f"(c) pipeline ({p['backend']})"}
-    print(f"\n{name}: {result['images']} images; (c) = {p['model']}, {p['threads']} threads, "
-          f"{p['workers']} workers; statuses {p['statuses']}")
-    print(f"{'variant':28s} {'img/s':>7s} {'CPU ms/img':>10s} {'passes/img':>10s} "
+    print(f"\n{name}: {result['images']} images")
+    print(f"{'variant':34s} {'img/s':>7s} {'CPU ms/img':>10s} {'passes/img':>10s} "
           f"{'peak RSS MB':>12s} {'load s':>7s}")
-    for key, label in labels.items():
-        row = v[key]
-        print(f"{label:28s} {row['images_per_s'] or 0:7.2f} {row['cpu_ms_per_image']:10.0f} "
-              f"{row['model_passes_per_image']:10.2f} {row['peak_rss_mb']:12.0f} "
-              f"{row['load_s']:7.1f}")
-    print(f"ratios (img/s): c/a {r['c_over_a']}  c/b {r['c_over_b']}  c/b* {r['c_over_b_floor']}")
-    print(f"ratios (CPU):   c/a {r['cpu_c_over_a']}  c/b {r['cpu_c_over_b']}  "
-          f"c/b* {r['cpu_c_over_b_floor']}; face passes/img {p['face_passes_per_image']}")
-    print("(c) stage shares: " + ", ".join(f"{k} {s:.0%}" for k, s in p["stage_share"].items()))
+
+    def row(label: str, values: dict[str, Any]) -> None:
+        print(f"{label:34s} {values['images_per_s'] or 0:7.2f} {values['cpu_ms_per_image']:10.0f} "
+              f"{values['model_passes_per_image']:10.2f} {values['peak_rss_mb']:12.0f} "
+              f"{values['load_s']:7.1f}")
+
+    row("(a) seed loop (yolo11n-pose.pt)", result["seed"])
+    for backend, b in result["backends"].items():
+        v = b["variants"]
+        row(f"(b) 2 passes, {backend}", v["raw"])
+        row(f"(b*) (c)'s model work, {backend}", v["floor"])
+        row(f"(c) pipeline, {backend}", v["pipeline"])
+    for backend, b in result["backends"].items():
+        r = b["ratios"]
+        print(f"{backend}: {b['model']}, {b['threads']} threads, {b['workers']} workers, "
+              f"statuses {b['statuses']}, face passes/img {b['face_passes_per_image']}")
+        print(f"  ratios (img/s): c/a {r['c_over_a']}  c/b {r['c_over_b']}  "
+              f"c/b* {r['c_over_b_floor']}")
+        print(f"  ratios (CPU):   c/a {r['cpu_c_over_a']}  c/b {r['cpu_c_over_b']}  "
+              f"c/b* {r['cpu_c_over_b_floor']}")
+        print("  (c) stage shares: "
+              + ", ".join(f"{k} {share:.0%}" for k, share in b["stage_share"].items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="use the first N source images")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N",
                         help="also compare on N synthetic images tiled/rescaled from the sources")
-    parser.add_argument("--backend", choices=sorted(BACKEND_MODELS), default=None,
-                        help="backend of (b) and (c) (default: that of the default settings)")
+    parser.add_argument("--backend", default=None, metavar="NAME[,NAME]",
+                        help="backend(s) of (b) and (c), compared in the same run: "
+                        f"{', '.join(sorted(BACKEND_MODELS))} (default: the default settings')")
     parser.add_argument("--rounds", type=int, default=4,
                         help="chunks the variants alternate over (default: 4)")
     parser.add_argument("--workers", type=int, default=None,
@@ -415,19 +443,26 @@ def main(argv: list[str] | None = None) -> int:
         return variant_main(args)
 
     from airflow_privacy.core.batch import DEFAULT_WORKERS
-    from airflow_privacy.core.detect import cpu_budget
+    from airflow_privacy.core.detect import backend_of, cpu_budget
     from airflow_privacy.core.models import resolve_model
     from airflow_privacy.core.settings import RunSettings
 
     args.workers = args.workers or DEFAULT_WORKERS
-    args.model = BACKEND_MODELS[args.backend] if args.backend else RunSettings().detection.model
-    for model in {args.model, SEED_MODEL}:
+    if args.backend:
+        args.backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+        unknown = set(args.backends) - set(BACKEND_MODELS)
+        if unknown:
+            parser.error(f"unknown backend(s) {sorted(unknown)}; expected {sorted(BACKEND_MODELS)}")
+    else:
+        default = resolve_model(RunSettings().detection.model)
+        args.backends = [backend_of(default)]
+    for model in {SEED_MODEL, *(BACKEND_MODELS[b] for b in args.backends)}:
         resolve_model(model)  # fetched, checked, exported once here rather than in a variant
     sources = source_images(args.dataset, args.limit)
     output: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "cpu_budget": cpu_budget(),
                     "load_avg_start": os.getloadavg()},
-        "model": args.model, "workers": args.workers, "rounds": args.rounds,
+        "backends": args.backends, "workers": args.workers, "rounds": args.rounds,
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:

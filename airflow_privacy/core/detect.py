@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from airflow_privacy.core.geometry import Box, clip_box, merge_duplicates
-from airflow_privacy.core.models import digest_path, model_dir, resolve_model
+from airflow_privacy.core.models import digest_path, model_dir, read_provenance, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,10 @@ class PersonDetector:
         self.path = resolve_model(model, model_sha256)
         self.sha256 = model_digest(self.path)
         self.name = self.path.name
+        # The weights an export was made from (checked by resolve_model), for the manifest:
+        # the same person-finding model whichever runtime runs it.
+        provenance = read_provenance(self.path) or {}
+        self.source_sha256 = provenance.get("source_sha256", self.sha256)
         self.backend = backend_of(self.path)
         self.threads = threads or cpu_budget()
         # The predictor keeps per-call state and the runtimes' sessions are not all

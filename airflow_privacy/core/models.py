@@ -219,6 +219,11 @@ EXPORT_IMAGE_SIZE = 640  # recorded in the export's metadata; the input shape st
 PROVENANCE_SUFFIX = ".source.json"
 
 
+def export_available(fmt: str) -> bool:
+    """Whether the package that ``fmt``'s export needs is installed."""
+    return importlib.util.find_spec(EXPORT_FORMATS[fmt].module) is not None
+
+
 def export_name(source: str, fmt: str) -> str:
     """``yolo11n-pose.pt`` -> ``yolo11n-pose.onnx`` / ``yolo11n-pose_openvino_model``."""
     try:
@@ -288,18 +293,24 @@ def ensure_export(source: str, fmt: str, directory: Path | None = None) -> Path:
     state = _check_export(final, source)
     if state == "ok":
         return final
-    with _export_lock(directory):
-        state = _check_export(final, source)
-        if state == "ok":
-            return final
-        if state == "tampered":
-            raise ModelError(
-                f"export {final} does not match its provenance record "
-                f"{provenance_path(final).name}; refusing to load it (re-create it with "
-                f"`airflow-privacy models export --format {fmt} --force`)"
-            )
-        log.warning("%s is %s; exporting it from %s (once, cached)", final.name, state, source)
-        return _export(source, fmt, directory)
+    try:
+        with _export_lock(directory):
+            state = _check_export(final, source)
+            if state == "ok":
+                return final
+            if state == "tampered":
+                raise ModelError(
+                    f"export {final} does not match its provenance record "
+                    f"{provenance_path(final).name}; refusing to load it (re-create it with "
+                    f"`airflow-privacy models export --format {fmt} --force`)"
+                )
+            log.warning("%s is %s; exporting it from %s (once, cached)", final.name, state, source)
+            return _export(source, fmt, directory)
+    except OSError as exc:  # e.g. a read-only model directory on a worker
+        raise ModelError(
+            f"cannot make {final.name} in {directory}: {exc}; run "
+            f"`airflow-privacy models export --format {fmt}` where the directory is writable"
+        ) from exc
 
 
 def export_model(
@@ -320,30 +331,23 @@ def export_model(
     directory = target_dir or model_dir()
     export_name(source, fmt)  # validates fmt
     if force:
-        with _export_lock(directory):
-            return _export(source, fmt, directory)
+        try:
+            with _export_lock(directory):
+                return _export(source, fmt, directory)
+        except OSError as exc:
+            raise ModelError(f"cannot export {source} into {directory}: {exc}") from exc
     return ensure_export(source, fmt, directory)
 
 
 def _export(source: str, fmt: str, directory: Path) -> Path:
     """Make the export in a scratch directory beside the cache, then move it in atomically."""
     spec, target = KNOWN_MODELS[source], EXPORT_FORMATS[fmt]
-    if importlib.util.find_spec(target.module) is None:
-        raise ModelError(
-            f"exporting to {fmt} needs the {target.package!r} package, which is not installed"
-        )
     pt = directory / source
     if not pt.exists():
         fetch_model(source, target_dir=directory)
     final = directory / export_name(source, fmt)
-    from airflow_privacy.core.detect import configure_ultralytics
-
-    configure_ultralytics()  # offline: nothing is installed or downloaded while exporting
-    from ultralytics import YOLO
-    from ultralytics import __version__ as ultralytics_version
-
     with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as tmp:
-        staged = Path(tmp) / source
+        staged = Path(tmp) / source  # checked as copied: the file exported is the file checked
         shutil.copyfile(pt, staged)
         actual = sha256_file(staged)
         if actual != spec.sha256:
@@ -351,6 +355,16 @@ def _export(source: str, fmt: str, directory: Path) -> Path:
                 f"model file {pt} has sha256 {actual}, expected {spec.sha256}; "
                 "refusing to export it"
             )
+        if not export_available(fmt):
+            raise ModelError(
+                f"exporting to {fmt} needs the {target.package!r} package, which is not installed"
+            )
+        from airflow_privacy.core.detect import configure_ultralytics
+
+        configure_ultralytics()  # offline: nothing is installed or downloaded while exporting
+        from ultralytics import YOLO
+        from ultralytics import __version__ as ultralytics_version
+
         try:
             produced = Path(
                 YOLO(str(staged)).export(
