@@ -290,3 +290,22 @@ def test_publish_is_idempotent_and_retracts_the_marker_of_another_manifest(tmp_p
         publish(records[:1], staging, release, policy="publish_passing", manifest_sha256="m3")
     assert not release.exists(SUCCESS_MARKER)
     assert release.read("a.jpg") == b"a.jpg"  # nothing unverified was written
+
+
+GROUP_OPTIONS = """
+from airflow.sdk import DAG
+from airflow_privacy.operators.task_group import anonymization_task_group
+with DAG("options", schedule=None) as dag:
+    anonymization_task_group("in", "out", "work", "report", pseudonymize_variable="name_key")
+anonymize = dag.get_task("anonymize_people.anonymize")
+detect = dag.get_task("anonymize_people.detect")
+print(anonymize.partial_kwargs["pseudonymize_variable"], detect.retries,
+      "pseudonymize_variable" in detect.partial_kwargs)
+"""
+
+
+def test_the_group_passes_pseudonymization_to_anonymize_and_retries_its_tasks(airflow_home):
+    done = subprocess.run([sys.executable, "-c", GROUP_OPTIONS], env=airflow_home,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["name_key", "2", "False"]

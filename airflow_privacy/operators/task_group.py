@@ -42,6 +42,8 @@ def anonymization_task_group(
     policy: str = "all_or_nothing",
     max_error_rate: float | str = 0.1,
     release_alias: str | None = None,
+    pseudonymize_conn_id: str | None = None,
+    pseudonymize_variable: str | None = None,
     group_id: str = "anonymize_people",
     **group_kwargs: Any,
 ) -> TaskGroup:
@@ -54,6 +56,9 @@ def anonymization_task_group(
     ``settings`` is a :class:`~airflow_privacy.core.settings.RunSettings` or its
     ``to_dict()`` (partial dicts work: missing values take the defaults).
     ``shard_size``, ``policy`` and ``max_error_rate`` may be templates too.
+    ``pseudonymize_conn_id`` / ``pseudonymize_variable`` publish outputs under
+    keyed pseudonyms instead of their file names (see
+    :class:`~airflow_privacy.operators.anonymize.AnonymizePeopleOperator`).
 
     Publication happens only after the manifest passed validation, so a failed
     check publishes nothing; under ``policy="all_or_nothing"`` (the default) a
@@ -77,13 +82,15 @@ def anonymization_task_group(
         shards = ListImageShardsOperator(task_id="list_shards", source=source, work=work,
                                          shard_size=shard_size, aws_conn_id=aws_conn_id)
         # One shard per mapped task; "{{ task.shard.shard_id }}" names the map index.
+        naming = {"pseudonymize_conn_id": pseudonymize_conn_id,
+                  "pseudonymize_variable": pseudonymize_variable}
         steps = [
             operator.partial(task_id=task_id, map_index_template="{{ task.shard.shard_id }}",
-                             **locations).expand(shard=shards.output)
-            for task_id, operator in (
-                ("detect", DetectPeopleOperator),
-                ("anonymize", AnonymizePeopleOperator),
-                ("verify", VerifyAnonymizationOperator),
+                             **locations, **extra).expand(shard=shards.output)
+            for task_id, operator, extra in (
+                ("detect", DetectPeopleOperator, {}),
+                ("anonymize", AnonymizePeopleOperator, naming),
+                ("verify", VerifyAnonymizationOperator, {}),
             )
         ]
         validate = ValidateManifestOperator(
