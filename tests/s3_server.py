@@ -197,26 +197,26 @@ def new_bucket_name(prefix: str = "test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:20]}"
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoServer]:
-    """The shared moto server for the whole session, terminated at the end, pass or fail."""
+def running_moto() -> Iterator[MotoServer]:
+    """A started moto server, closed when the generator ends, pass or fail (fixture body)."""
     server = MotoServer()
     try:
         server.start()
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """The shared moto server for the whole session."""
+    yield from running_moto()
 
 
 @pytest.fixture
 def isolated_s3_server() -> Iterator[MotoServer]:
     """A private moto server for one test, so stopping it leaves the shared one alone."""
-    server = MotoServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from running_moto()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.s3_server import MotoServer, airflow_s3_connection
+from tests.s3_server import MotoServer, airflow_s3_connection, running_moto
 from tests.system.cluster import Cluster, ensure_system_packages, python_deps_missing
 
 S3_CONN_ID = "privacy_s3"
@@ -37,12 +37,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def system_s3() -> Iterator[MotoServer]:
     """A moto S3 server on 127.0.0.1 for the cluster (its own, never restarted)."""
-    server = MotoServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from running_moto()
 
 
 @pytest.fixture(scope="session")
