@@ -78,6 +78,11 @@ class LazyPipeline:
         self.settings = settings.validate()
         self._pipeline: Pipeline | None = None
 
+    def decode(self, data: bytes) -> Any:
+        """Decoding needs only the settings: don't load the models for it (their loading
+        would otherwise be timed as the first image's decode)."""
+        return Pipeline.decode(self, data)  # type: ignore[arg-type]
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_pipeline":
             raise AttributeError(name)
