@@ -85,16 +85,20 @@ class Pseudonymizer:
         raise TypeError("a Pseudonymizer holds a secret and is not pickled")
 
 
+def from_secret(secret: str | None, where: str) -> Pseudonymizer:
+    """The pseudonymizer keyed by ``secret``; errors name ``where`` it came from, never it."""
+    if not secret:
+        raise NamingError(f"{where} holds no pseudonymization key")
+    try:
+        return Pseudonymizer(secret)
+    except NamingError as exc:
+        raise NamingError(f"{where}: {exc}") from None
+
+
 def from_env(variable: str, environ: Mapping[str, str] | None = None) -> Pseudonymizer:
     """The pseudonymizer whose key is in the environment variable ``variable``."""
     environ = os.environ if environ is None else environ
-    value = environ.get(variable)
-    if not value:
-        raise NamingError(f"environment variable {variable} holds no pseudonymization key")
-    try:
-        return Pseudonymizer(value)
-    except NamingError as exc:
-        raise NamingError(f"environment variable {variable}: {exc}") from None
+    return from_secret(environ.get(variable), f"environment variable {variable}")
 
 
 def find_collisions(keys: Iterable[str], name_of: Namer) -> dict[str, str]:

@@ -23,7 +23,7 @@ def pseudonymizer(
     """The :class:`~airflow_privacy.core.naming.Pseudonymizer` whose key is the password of
     connection ``conn_id`` or the value of Variable ``variable``; ``None`` when neither is
     given (outputs keep their names)."""
-    from airflow_privacy.core.naming import NamingError, Pseudonymizer
+    from airflow_privacy.core.naming import from_secret
 
     if conn_id and variable:
         raise ValueError("give pseudonymize_conn_id or pseudonymize_variable, not both")
@@ -33,12 +33,7 @@ def pseudonymizer(
         secret, where = _variable(variable), f"Variable {variable!r}"
     else:
         return None
-    if not secret:
-        raise NamingError(f"{where} holds no pseudonymization key")
-    try:
-        return Pseudonymizer(secret)
-    except NamingError as exc:
-        raise NamingError(f"{where}: {exc}") from None
+    return from_secret(secret, where)
 
 
 def _connection_password(conn_id: str) -> str | None:
