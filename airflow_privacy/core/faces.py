@@ -7,9 +7,8 @@ model re-checks the output. CenterFace (MIT licence, the weights shipped in the
 (WIDER FACE), so faces it still finds on an anonymized image are a second,
 independent opinion.
 
-The published ``centerface.onnx`` declares a fixed ``10x3x32x32`` input. The
-upstream code makes it dynamic with the ``onnx`` package, which this project
-does not depend on; instead the few protobuf fields involved are rewritten here
+The published ``centerface.onnx`` declares a fixed ``10x3x32x32`` input; as
+upstream does, it is made dynamic with the ``onnx`` package
 (:func:`dynamic_model_bytes`), in memory, on every load of the pinned file.
 """
 
@@ -28,22 +27,7 @@ INPUT_NAME = "input.1"
 OUTPUT_NAMES = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
 STRIDE = 4  # the heatmap is a quarter of the input size
 NMS_IOU = 0.3  # upstream's value: faces rarely overlap more than that
-
-
-# --- minimal protobuf wire format ------------------------------------------------
-# Only what is needed to rewrite tensor shapes in an ONNX ModelProto: the field
-# numbers below are those of onnx.proto3 and are stable across ONNX versions.
-
-_MODEL_GRAPH = 7
-_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 5, 11, 12
-_TENSOR_NAME = 8
-_VALUE_INFO_NAME, _VALUE_INFO_TYPE = 1, 2
-_TYPE_TENSOR = 1
-_TENSOR_TYPE_SHAPE = 2
-_SHAPE_DIM = 1
-_DIM_PARAM = 2
-
-_DYNAMIC_DIMS = {
+_DYNAMIC_DIMS = {  # upstream's symbolic shapes: batch, height, width
     INPUT_NAME: ("B", "3", "H", "W"),
     "537": ("B", "1", "h", "w"),
     "538": ("B", "2", "h", "w"),
@@ -52,131 +36,32 @@ _DYNAMIC_DIMS = {
 }
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _fields(data: bytes) -> list[tuple[int, int, bytes]]:
-    """Split a message into ``(field number, wire type, raw bytes incl. key)`` chunks."""
-    chunks = []
-    pos = 0
-    while pos < len(data):
-        start = pos
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _read_varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            pos += length
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        chunks.append((number, wire, data[start:pos]))
-    return chunks
-
-
-def _payload(chunk: bytes) -> bytes:
-    """The body of a length-delimited field chunk."""
-    _, pos = _read_varint(chunk, 0)
-    _, pos = _read_varint(chunk, pos)
-    return chunk[pos:]
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _string_field(message: bytes, number: int) -> str | None:
-    for num, wire, chunk in _fields(message):
-        if num == number and wire == 2:
-            return _payload(chunk).decode()
-    return None
-
-
-def _symbolic_shape(names: tuple[str, ...]) -> bytes:
-    """A TensorShapeProto whose dims are the given values (digits) or symbols."""
-    dims = b""
-    for name in names:
-        if name.isdigit():
-            dim = _varint(1 << 3 | 0) + _varint(int(name))
-        else:
-            dim = _field(_DIM_PARAM, name.encode())
-        dims += _field(_SHAPE_DIM, dim)
-    return dims
-
-
-def _reshape_value_info(value_info: bytes, names: tuple[str, ...]) -> bytes:
-    out = b""
-    for num, _, chunk in _fields(value_info):
-        if num != _VALUE_INFO_TYPE:
-            out += chunk
-            continue
-        type_out = b""
-        for tnum, _, tchunk in _fields(_payload(chunk)):
-            if tnum != _TYPE_TENSOR:
-                type_out += tchunk
-                continue
-            tensor_out = b""
-            for snum, _, schunk in _fields(_payload(tchunk)):
-                if snum != _TENSOR_TYPE_SHAPE:
-                    tensor_out += schunk
-            tensor_out += _field(_TENSOR_TYPE_SHAPE, _symbolic_shape(names))
-            type_out += _field(_TYPE_TENSOR, tensor_out)
-        out += _field(_VALUE_INFO_TYPE, type_out)
-    return out
-
-
 def dynamic_model_bytes(static: bytes) -> bytes:
     """The CenterFace model with symbolic batch/height/width and no initializer inputs.
 
-    Equivalent to upstream's ``onnx.tools.update_model_dims`` call. Weights that
+    Upstream's ``onnx.tools.update_model_dims`` call, plus one step: weights that
     the old exporter also listed as graph inputs are dropped from the inputs, so
     ONNX Runtime may constant-fold them (and stops warning about each one).
     """
-    model_out = b""
-    for num, _, chunk in _fields(static):
-        if num != _MODEL_GRAPH:
-            model_out += chunk
+    import onnx
+
+    model = onnx.load_from_string(static)
+    graph = model.graph
+    weights = {tensor.name for tensor in graph.initializer}
+    kept = [value for value in graph.input if value.name not in weights]
+    del graph.input[:]
+    graph.input.extend(kept)
+    for value in list(graph.input) + list(graph.output):
+        names = _DYNAMIC_DIMS.get(value.name)
+        if names is None:
             continue
-        graph = _fields(_payload(chunk))
-        weights = {
-            _string_field(_payload(c), _TENSOR_NAME) for n, _, c in graph if n == _GRAPH_INITIALIZER
-        }
-        graph_out = b""
-        for gnum, _, gchunk in graph:
-            if gnum in (_GRAPH_INPUT, _GRAPH_OUTPUT):
-                info = _payload(gchunk)
-                name = _string_field(info, _VALUE_INFO_NAME)
-                if gnum == _GRAPH_INPUT and name in weights:
-                    continue
-                if name in _DYNAMIC_DIMS:
-                    gchunk = _field(gnum, _reshape_value_info(info, _DYNAMIC_DIMS[name]))
-            graph_out += gchunk
-        model_out += _field(_MODEL_GRAPH, graph_out)
-    return model_out
+        dims = value.type.tensor_type.shape.dim
+        for dim, name in zip(dims, names, strict=True):
+            if name.isdigit():
+                dim.dim_value = int(name)
+            else:
+                dim.dim_param = name
+    return model.SerializeToString()
 
 
 # --- detection ---------------------------------------------------------------------
