@@ -245,3 +245,16 @@ def object_digests(client: Any, bucket: str, prefix: str) -> dict[str, str]:
             body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
             found[item["Key"][len(prefix) + 1:]] = hashlib.sha256(body).hexdigest()
     return found
+
+
+def seeded_bucket(
+    server: MotoServer, name_prefix: str, objects: dict[str, bytes], under: str
+) -> tuple[Any, str]:
+    """``(client, bucket)``: a new bucket on ``server`` holding ``objects`` below ``under/``."""
+    server.start()
+    client = server.client()
+    bucket = new_bucket_name(name_prefix)
+    client.create_bucket(Bucket=bucket)
+    for key, data in objects.items():
+        client.put_object(Bucket=bucket, Key=f"{under}/{key}", Body=data)
+    return client, bucket

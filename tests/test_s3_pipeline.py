@@ -35,8 +35,8 @@ from tests.conftest import image_dataset
 from tests.s3_server import (
     FAKE_SECRET_ACCESS_KEY,
     airflow_s3_connection,
-    new_bucket_name,
     object_digests,
+    seeded_bucket,
 )
 
 DAG_ID = "example_anonymize_s3"
@@ -98,13 +98,8 @@ def _records(client: Any, bucket: str, key: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def s3(s3_server, airflow_home, models) -> dict[str, Any]:
     """A bucket holding the 40 inputs (and a non-image), and the env to run Airflow with."""
-    s3_server.start()
-    client = s3_server.client()
-    bucket = new_bucket_name("privacy")
-    client.create_bucket(Bucket=bucket)
     images = image_dataset(IMAGES)
-    for name, data in images.items():
-        client.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=data)
+    client, bucket = seeded_bucket(s3_server, "privacy", images, "incoming")
     client.put_object(Bucket=bucket, Key="incoming/README.txt", Body=b"not an image")
     env = {k: v for k, v in airflow_home.items() if not k.startswith("AWS_")}
     env.update(airflow_s3_connection(s3_server.endpoint_url, CONN_ID))

@@ -44,7 +44,7 @@ from airflow_privacy.core.naming import (
 )
 from airflow_privacy.storage import open_storage
 from tests.conftest import PROJECT, SAMPLES
-from tests.s3_server import REGION, new_bucket_name
+from tests.s3_server import REGION, seeded_bucket
 
 PACKAGE = PROJECT / "airflow_privacy"
 KEY_ID = "AKIAPRIVACYLEAKCHECK7"
@@ -180,12 +180,7 @@ def _objects(client: Any, bucket: str, prefix: str) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def operator_run(models, s3_server, tmp_path_factory) -> dict[str, Any]:
-    s3_server.start()
-    client = s3_server.client()
-    bucket = new_bucket_name("privacy-leak-check")
-    client.create_bucket(Bucket=bucket)
-    for key, data in INPUTS.items():
-        client.put_object(Bucket=bucket, Key=f"src/{key}", Body=data)
+    client, bucket = seeded_bucket(s3_server, "privacy-leak-check", INPUTS, "src")
     home = tmp_path_factory.mktemp("airflow-home")
     env = _clean_env(home)
     env["AIRFLOW_CONN_PRIVACY_LEAK_CHECK"] = json.dumps({
@@ -265,12 +260,7 @@ def test_the_operators_release_lists_pseudonyms_only(operator_run):
 def test_the_cli_keeps_credentials_and_the_pseudonym_key_out_of_everything(
     models, s3_server, tmp_path, monkeypatch, capsys, caplog
 ):
-    s3_server.start()
-    client = s3_server.client()
-    bucket = new_bucket_name("privacy-cli-leak-check")
-    client.create_bucket(Bucket=bucket)
-    for key, data in INPUTS.items():
-        client.put_object(Bucket=bucket, Key=f"in/{key}", Body=data)
+    client, bucket = seeded_bucket(s3_server, "privacy-cli-leak-check", INPUTS, "in")
     for name in list(os.environ):
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)
