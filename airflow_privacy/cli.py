@@ -160,11 +160,11 @@ def _models(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from airflow_privacy.core.batch import run_batch
-    from airflow_privacy.core.models import ModelError
     from airflow_privacy.core.naming import NamingError, from_env, write_name_map
     from airflow_privacy.core.pipeline import Pipeline
     from airflow_privacy.core.settings import RunSettings, SettingsError
-    from airflow_privacy.storage import StorageError, open_storage
+    from airflow_privacy.exceptions import AirflowPrivacyError
+    from airflow_privacy.storage import open_storage
 
     try:
         base = RunSettings.preset(args.preset)
@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (SettingsError, NamingError, OSError, json.JSONDecodeError) as exc:
         parser.error(str(exc))
     try:
-        pipeline = Pipeline(settings)
+        pipeline = Pipeline(settings).load()
         source, release, report = (open_storage(u) for u in (args.src, args.dst, args.report))
         progress = None
         if not args.quiet and sys.stderr.isatty():
@@ -195,7 +195,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                            **({"workers": args.workers} if args.workers else {}))
         if args.name_map:
             write_name_map(args.name_map, result.records, namer)
-    except (ModelError, StorageError) as exc:
+    except AirflowPrivacyError as exc:  # a model, storage or publish failure: one line, no trace
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     s = result.summary

@@ -49,7 +49,7 @@ OUTPUT = os.environ.get("AIRFLOW_PRIVACY_DEMO_OUTPUT") or str(
 @task
 def ingest(landing: str, raw: str, aws_conn_id: str) -> dict:
     """The existing ingestion step: copy newly landed images into ``raw``, one at a time."""
-    from airflow_privacy.core.batch import list_inputs
+    from airflow_privacy.core.inputs import list_inputs
     from airflow_privacy.operators.common import open_locations
 
     source, target = open_locations(aws_conn_id, landing, raw)

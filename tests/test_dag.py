@@ -99,8 +99,9 @@ def test_the_dag_run_succeeds_and_publishes_every_input(demo_run):
 def test_the_manifest_is_complete_and_validated(demo_run, pipeline):
     output = demo_run["output"]
     records = _manifest(output)
-    expected_fields = set(pipeline.base_record("x", b"")) | {
-        "output_key", "quarantine", "timings_ms"}
+    from airflow_privacy.core.flow import begin
+
+    expected_fields = set(begin(pipeline, "x", "x").record)
     assert sorted(r["source"] for r in records) == sorted(SAMPLE_PEOPLE)
     for record in records:
         assert set(record) == expected_fields
@@ -167,7 +168,7 @@ def test_stages_turn_a_bad_input_into_an_error_record(pipeline, sample_dir, tmp_
 
 
 def test_list_shards_cuts_sorted_images_and_records_what_it_ignored(tmp_path):
-    from airflow_privacy.core.stages import PLAN, list_shards
+    from airflow_privacy.core.shards import PLAN, list_shards
 
     for name in ("b.png", "a.jpg", "sub/c.jpeg", "notes.txt", ".hidden.jpg", "_SUCCESS"):
         (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +204,7 @@ def test_the_gate_fails_on_a_residual_among_verified_records_and_nothing_is_publ
     from airflow_privacy.core.expectations import ManifestValidationError, validate_manifest
     from airflow_privacy.core.manifest import write_manifest
     from airflow_privacy.core.publish import PublishRefused
-    from airflow_privacy.core.stages import publish_release
+    from airflow_privacy.core.release import publish_release
 
     records = [_record("a.jpg"), _record("b.jpg")]
     records[1]["verification"]["residuals"] = [

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from airflow_privacy.core.anonymize import Blur
-from airflow_privacy.core.faces import CenterFace, decode, dynamic_model_bytes, network_size, nms
-from airflow_privacy.core.geometry import iou, pad_box
+from airflow_privacy.core.faces import CenterFace, decode, dynamic_model_bytes, network_size
+from airflow_privacy.core.geometry import iou, non_max_suppression, pad_box
 from airflow_privacy.core.models import MODEL_DIR_ENV, ModelError, resolve_model
 
 
@@ -153,4 +153,4 @@ def test_decode_matches_upstream_loop() -> None:
 def test_nms_keeps_best_of_overlapping() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     scores = np.array([0.6, 0.9, 0.5], np.float32)
-    assert nms(boxes, scores, 0.3).tolist() == [1, 2]
+    assert non_max_suppression(boxes, scores, 0.3) == [1, 2]

@@ -35,7 +35,7 @@ import pytest
 from botocore.config import Config
 
 from airflow_privacy.cli import main
-from airflow_privacy.core import stages
+from airflow_privacy.core import flow, stages
 from airflow_privacy.core.batch import run_batch
 from airflow_privacy.core.images import sha256_bytes
 from airflow_privacy.core.models import ModelError
@@ -192,17 +192,16 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
 # the input named on the command line hangs, so the parent can SIGKILL it mid-shard.
 WORKER = """
 import json, sys, time
-from airflow_privacy.core import stages
+from airflow_privacy.core import flow, stages
 from airflow_privacy.storage import open_storage
 source, work, victim = open_storage(sys.argv[1]), open_storage(sys.argv[2]), sys.argv[3]
 pipeline = stages.build_pipeline({})
-verify = pipeline.verify
-def verify_or_hang(image, output, regions, name):
-    if name == victim:
-        print("VERIFYING " + name, flush=True)
+def verify_or_hang(pipeline, state):
+    if state.record["source"] == victim:
+        print("VERIFYING " + victim, flush=True)
         time.sleep(600)
-    return verify(image, output, regions, name)
-pipeline.verify = verify_or_hang
+    return flow.verify(pipeline, state)
+flow.VERIFY = (flow.decode, verify_or_hang)
 for shard in stages.list_shards(source, 2, work=work):
     for stage in (stages.detect_shard, stages.anonymize_shard, stages.verify_shard):
         print("DONE " + json.dumps([stage.__name__, stage(pipeline, source, work, shard)]),
@@ -247,18 +246,17 @@ def test_a_worker_killed_mid_shard_leaves_only_the_missing_work_for_the_rerun(
 
     # the rerun (every task again, as after a lost worker) counts what really runs
     calls: dict[str, list[str]] = {"detect": [], "verify": []}
-    detect, verify = pipeline.detect, pipeline.verify
 
-    def counting_detect(image):
-        calls["detect"].append("?")
-        return detect(image)
+    def counting_find(pipeline, state):
+        calls["detect"].append(state.record["source"])
+        return flow.find(pipeline, state)
 
-    def counting_verify(image, output, regions, name):
-        calls["verify"].append(name)
-        return verify(image, output, regions, name)
+    def counting_verify(pipeline, state):
+        calls["verify"].append(state.record["source"])
+        return flow.verify(pipeline, state)
 
-    monkeypatch.setattr(pipeline, "detect", counting_detect)
-    monkeypatch.setattr(pipeline, "verify", counting_verify)
+    monkeypatch.setattr(flow, "FIND", (flow.decode, counting_find))
+    monkeypatch.setattr(flow, "VERIFY", (flow.decode, counting_verify))
     src, wrk = open_storage(str(source)), open_storage(str(work))
     results = {}
     shards = stages.list_shards(src, 2, work=wrk)

@@ -6,7 +6,7 @@ from airflow_privacy.core.geometry import (
     covered_fraction,
     iou,
     is_covered,
-    merge_duplicates,
+    non_max_suppression,
     pad_box,
     region_mask,
 )
@@ -42,10 +42,37 @@ def test_partially_covered_person_is_not_covered():
     assert covered_fraction((0, 0, 20, 100), mask) == 0.5
 
 
-def test_merge_duplicates_keeps_best():
+def test_non_max_suppression_keeps_best():
     boxes = [(0, 0, 10, 10), (1, 0, 11, 10), (50, 50, 60, 60)]
-    keep = merge_duplicates(boxes, [0.5, 0.9, 0.3], 0.5)
+    keep = non_max_suppression(boxes, [0.5, 0.9, 0.3], 0.5)
     assert keep == [1, 2]
+    assert all(type(i) is int for i in keep)
+    assert non_max_suppression([], [], 0.5) == []
+
+
+@pytest.mark.parametrize("dtype", [None, np.float32])
+def test_non_max_suppression_equals_pairwise_iou_greedy(dtype):
+    """The vectorised NMS decides exactly as comparing :func:`iou` box by box would."""
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        n = int(rng.integers(1, 30))
+        corners = rng.uniform(0, 100, (n, 2))
+        sizes = rng.uniform(0, 40, (n, 2))
+        boxes = np.concatenate([corners, corners + sizes], axis=1)
+        scores = rng.choice([0.2, 0.5, 0.9], n) if n % 2 else rng.uniform(0, 1, n)
+        if dtype is not None:
+            boxes, scores = boxes.astype(dtype), scores.astype(dtype)
+            as_tuples = [tuple(float(v) for v in b) for b in boxes]
+        else:
+            as_tuples = [tuple(b) for b in boxes.tolist()]
+        order = sorted(range(n), key=lambda i: -scores[i])  # stable: ties keep input order
+        expected: list[int] = []
+        for i in order:
+            if all(iou(as_tuples[i], as_tuples[k]) < 0.4 for k in expected):
+                expected.append(i)
+        arg = boxes if dtype is not None else as_tuples
+        assert non_max_suppression(arg, scores.tolist() if dtype is None else scores, 0.4) \
+            == expected
 
 
 def test_people_side_by_side_form_one_crowd_box():

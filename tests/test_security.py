@@ -324,7 +324,7 @@ def test_a_short_or_missing_key_is_refused_and_the_key_never_shows():
 
 
 def test_collisions_between_output_names_are_found():
-    from airflow_privacy.core.batch import output_key
+    from airflow_privacy.core.naming import output_key
 
     keys = ["x.gif", "x.png", "y.gif", "y.GIF", "z.jpg", "z.jpeg"]
     assert find_collisions(keys, output_key) == {"x.gif": "x.png", "y.gif": "y.png",

@@ -106,6 +106,7 @@ def _blind_settings(rounds: int) -> RunSettings:
     """Settings under which the pose model sees nobody: only the face verifier can object."""
     base = RunSettings().to_dict()
     base["detection"]["confidence"] = 0.999
+    base["confirmation"]["candidate_confidence"] = 0.999
     base["verification"].update(confidence=0.999, covered_max_confidence=0.999,
                                 remediation_rounds=rounds)
     return RunSettings.from_dict(base)

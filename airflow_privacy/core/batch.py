@@ -23,16 +23,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
-from airflow_privacy.core.images import is_image_name, output_suffix
+from airflow_privacy.core import flow
+from airflow_privacy.core.inputs import list_inputs, read_input
 from airflow_privacy.core.manifest import summarize, write_manifest, write_summary
-from airflow_privacy.core.naming import COLLISION, Namer, collision_message, find_collisions
-from airflow_privacy.core.pipeline import STATUS_ERROR, ImageOutcome, Pipeline
+from airflow_privacy.core.naming import Namer, output_key, refusals
+from airflow_privacy.core.outcomes import settle
+from airflow_privacy.core.pipeline import Pipeline
 from airflow_privacy.core.publish import Policy, publish
 from airflow_privacy.core.report import write_report
-from airflow_privacy.storage import Storage, StorageError, TransientStorageError, UnsafeKeyError
+from airflow_privacy.core.status import Status
+from airflow_privacy.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -51,74 +53,14 @@ class BatchResult:
         return self.summary["published"] == self.summary["images"]
 
 
-def list_inputs(source: Storage) -> tuple[list[str], list[str]]:
-    """Image keys to process, and other keys that are ignored (by suffix)."""
-    images, ignored = [], []
-    for key in source.list():
-        name = PurePosixPath(key).name
-        if name.startswith(".") or name == "_SUCCESS":
-            ignored.append(key)
-        elif is_image_name(key):
-            images.append(key)
-        else:
-            ignored.append(key)
-    return images, ignored
-
-
-def output_key(key: str, namer: Namer | None = None) -> str:
-    """Same relative path and name as the input, unless we cannot write its format (GIF);
-    with ``namer``, its pseudonym instead (see :mod:`airflow_privacy.core.naming`)."""
-    if namer is not None:
-        return namer(key)
-    path = PurePosixPath(key)
-    suffix = output_suffix(key)
-    if path.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff") or suffix == path.suffix.lower():
-        return key
-    return str(path.with_suffix(suffix))
-
-
-def process_key(pipeline: Pipeline, source: Storage, key: str) -> ImageOutcome:
-    """Read and process one key; rejections become error records, outages propagate."""
-    try:
-        data = source.read(key)
-    except UnsafeKeyError as exc:
-        return unsafe_outcome(key, exc)
-    return pipeline.process(key, data)
-
-
-def unsafe_outcome(key: str, exc: UnsafeKeyError) -> ImageOutcome:
-    """The error record of a key that cannot be read without leaving the source root.
-
-    Shared with :mod:`airflow_privacy.core.stages` so both paths record it alike.
-    """
-    return error_outcome(key, "unsafe_path", str(exc))
-
-
-def error_outcome(key: str, code: str, message: str) -> ImageOutcome:
-    """The error record of an input refused before it was read."""
-    record = {"source": key, "status": STATUS_ERROR, "input_sha256": None,
-              "error": {"code": code, "message": message}}
-    return ImageOutcome(record)
-
-
-def settle(
-    outcome: ImageOutcome, key: str, source: Storage, staging: Storage, quarantine: Storage,
-    *, name: str | None = None,
-) -> dict[str, Any]:
-    """Give an outcome its place: verified output to staging, anything else to quarantine.
-
-    Completes the record with ``output_key`` (``name``, default :func:`output_key`)
-    and ``quarantine``. Shared by the fused batch and the Airflow verify stage, so
-    their manifests have one shape.
-    """
-    record = outcome.record
-    record["output_key"] = name or output_key(key)
-    record["quarantine"] = None
-    if record["status"] == "verified" and outcome.output is not None:
-        staging.write(record["output_key"], outcome.output)
-    else:
-        record["quarantine"] = _quarantine(quarantine, key, outcome, source)
-    return record
+def process_key(
+    pipeline: Pipeline, source: Storage, key: str, name: str,
+    refused: tuple[str, str] | None = None,
+) -> flow.ImageOutcome:
+    """Read and run the whole flow on one key; rejections become error records."""
+    state = flow.begin(pipeline, key, name, refused=refused)
+    read_input(source, state)
+    return flow.run(pipeline, state, flow.ALL).outcome()
 
 
 def run_batch(
@@ -138,16 +80,13 @@ def run_batch(
     """
     started = time.perf_counter()
     keys, ignored = list_inputs(source)
-    names = {key: output_key(key, namer) for key in keys}
-    clashes = find_collisions(keys, names.__getitem__)
+    refused = refusals(keys, namer)
     staging = report.child(STAGING)
     quarantine = report.child(QUARANTINE)
+
     def one(key: str) -> dict[str, Any]:
-        if key in clashes:  # never published under another input's name
-            outcome = error_outcome(key, COLLISION, collision_message(key, clashes[key]))
-        else:
-            outcome = process_key(pipeline, source, key)
-        return settle(outcome, key, source, staging, quarantine, name=names[key])
+        outcome = process_key(pipeline, source, key, output_key(key, namer), refused.get(key))
+        return settle(outcome, source, staging, quarantine)
 
     records = []
     for key, record in in_order(one, keys, workers=workers, progress=progress):
@@ -156,7 +95,7 @@ def run_batch(
     manifest_sha256 = write_manifest(report, records)
     released = publish(records, staging, release, policy=policy, manifest_sha256=manifest_sha256)
     for record in records:
-        if record["status"] == "verified":
+        if record["status"] == Status.VERIFIED:
             staging.delete(record["output_key"])
     elapsed = time.perf_counter() - started
     summary = summarize(
@@ -215,18 +154,3 @@ def in_order(
             for _, future in pending:
                 future.cancel()
 
-
-def _quarantine(
-    quarantine: Storage, key: str, outcome: ImageOutcome, source: Storage
-) -> str | None:
-    """Keep what failed for review: the failed anonymized output, else the source bytes."""
-    data = outcome.output
-    if data is None:
-        try:
-            data = source.read(key)
-        except TransientStorageError:
-            raise  # an outage is not "unreadable": the task must fail and be retried
-        except StorageError:
-            return None
-    quarantine.write(key, data)
-    return quarantine.uri_of(key)

@@ -26,12 +26,21 @@ from typing import Any
 
 import numpy as np
 
-from airflow_privacy.core.geometry import Box, clip_box, merge_duplicates
-from airflow_privacy.core.models import digest_path, model_dir, read_provenance, resolve_model
+from airflow_privacy.core.geometry import Box, clip_box
+from airflow_privacy.core.geometry import non_max_suppression as merge_duplicates
+from airflow_privacy.core.models import (  # configure_ultralytics: re-exported for callers
+    configure_ultralytics,
+    digest_path,
+    read_provenance,
+    resolve_model,
+    undo_pil_patch,
+)
 
 log = logging.getLogger(__name__)
 
 FACE_KEYPOINTS = slice(0, 5)  # COCO: nose, left eye, right eye, left ear, right ear
+# COCO keypoint order with left and right swapped: what a mirrored image's keypoints mean.
+FLIP_ORDER = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
 
 
 @dataclass
@@ -47,35 +56,6 @@ class PersonDetection:
             "confidence": round(self.confidence, 4),
             "head_box": [round(v, 1) for v in self.head_box] if self.head_box else None,
         }
-
-
-def configure_ultralytics() -> None:
-    """Keep ultralytics offline and its settings inside the project's cache.
-
-    Set by the project, not the user: ultralytics otherwise writes settings to
-    the home directory and may try to download fonts or weights.
-    """
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(model_dir().parent / "ultralytics"))
-    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
-
-
-def _undo_pil_patch() -> None:
-    """Give ``PIL.Image.open`` back its own behaviour after importing ultralytics.
-
-    Ultralytics replaces it with a wrapper that, on any unidentified file,
-    tries to pip-install a HEIF plugin at run time. We decode untrusted bytes
-    ourselves and hand the model arrays, so that wrapper would only turn our
-    clear "not an image" rejection into a package installation attempt.
-    """
-    import sys
-
-    from PIL import Image
-
-    patches = sys.modules.get("ultralytics.utils.patches")
-    original = getattr(patches, "_image_open", None)
-    if original is not None and Image.open is not original:
-        Image.open = original
 
 
 model_digest = digest_path  # kept for callers that import it from here
@@ -180,7 +160,7 @@ class PersonDetector:
         configure_ultralytics()
         from ultralytics import YOLO
 
-        _undo_pil_patch()
+        undo_pil_patch()
 
         try:
             self._model = YOLO(str(self.path))
@@ -242,49 +222,74 @@ class PersonDetector:
         }
         return core.compile_model(core.read_model(str(xml)), "CPU", config)
 
-    def _predict(self, batch: list[np.ndarray], confidence: float) -> list[Any]:
+    def _predict(
+        self, batch: list[np.ndarray], confidence: float, image_size: int | None = None
+    ) -> list[Any]:
         return self._model.predict(
             batch,
             conf=confidence,
             classes=self.classes,
-            imgsz=self.image_size,
+            imgsz=image_size or self.image_size,
             device=self.device,
             verbose=False,
         )
 
     def detect(self, pixels: np.ndarray, *, confidence: float, flip: bool) -> list[PersonDetection]:
         """All people at or above ``confidence``; with ``flip`` also on the mirrored image."""
-        height, width = pixels.shape[:2]
         batch = [pixels, np.ascontiguousarray(pixels[:, ::-1])] if flip else [pixels]
         with self._lock:
             results = self._predict(batch, confidence)
-        found: list[PersonDetection] = []
-        for index, result in enumerate(results):
-            mirrored = index == 1
-            if result.boxes is not None:
-                boxes, scores = result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()
-            else:
-                boxes, scores = np.empty((0, 4)), np.empty(0)
-            kpts = None
-            if getattr(result, "keypoints", None) is not None and result.keypoints.data.numel():
-                kpts = result.keypoints.data.cpu().numpy().copy()
-            for i, (box, score) in enumerate(zip(boxes, scores, strict=True)):
-                x1, y1, x2, y2 = (float(v) for v in box)
-                points = kpts[i] if kpts is not None else None
-                if mirrored:
-                    x1, x2 = width - x2, width - x1
-                    if points is not None:
-                        points[:, 0] = width - points[:, 0]
-                person = clip_box((x1, y1, x2, y2), width, height)
-                head = (
-                    head_box(points, person, self.keypoint_confidence, width, height)
-                    if points is not None
-                    else None
-                )
-                found.append(PersonDetection(person, float(score), head, points))
+        found = [
+            person
+            for index, result in enumerate(results)
+            for person in self._people(result, pixels.shape[1], pixels.shape[0], index == 1)
+        ]
         if flip and found:
             keep = merge_duplicates([d.box for d in found], [d.confidence for d in found],
                                     self.merge_iou)
             found = [found[i] for i in keep]
         found.sort(key=lambda d: -d.confidence)
+        return found
+
+    def detect_each(
+        self, images: list[np.ndarray], *, confidence: float, image_size: int
+    ) -> list[list[PersonDetection]]:
+        """People on each of ``images`` (e.g. crops to re-score) in one batched call."""
+        if not images:
+            return []
+        with self._lock:
+            results = self._predict(images, confidence, image_size)
+        return [
+            sorted(self._people(result, image.shape[1], image.shape[0], False),
+                   key=lambda d: -d.confidence)
+            for image, result in zip(images, results, strict=True)
+        ]
+
+    def _people(
+        self, result: Any, width: int, height: int, mirrored: bool
+    ) -> list[PersonDetection]:
+        """One ultralytics result as detections in the (unmirrored) image's pixels."""
+        if result.boxes is not None:
+            boxes, scores = result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()
+        else:
+            boxes, scores = np.empty((0, 4)), np.empty(0)
+        kpts = None
+        if getattr(result, "keypoints", None) is not None and result.keypoints.data.numel():
+            kpts = result.keypoints.data.cpu().numpy().copy()
+        found: list[PersonDetection] = []
+        for i, (box, score) in enumerate(zip(boxes, scores, strict=True)):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            points = kpts[i] if kpts is not None else None
+            if mirrored:
+                x1, x2 = width - x2, width - x1
+                if points is not None:
+                    points[:, 0] = width - points[:, 0]
+                    points = points[FLIP_ORDER]  # a mirrored left eye is the right eye
+            person = clip_box((x1, y1, x2, y2), width, height)
+            head = (
+                head_box(points, person, self.keypoint_confidence, width, height)
+                if points is not None
+                else None
+            )
+            found.append(PersonDetection(person, float(score), head, points))
         return found

@@ -22,23 +22,16 @@ import great_expectations.expectations as gxe
 import pandas as pd
 
 from airflow_privacy.core.manifest import VALIDATION
+from airflow_privacy.core.status import Status
+from airflow_privacy.exceptions import ManifestValidationError
 from airflow_privacy.storage import Storage
 
-VERIFIED = 'status=="verified"'
-NOT_VERIFIED = 'status!="verified"'
+VERIFIED = f'status=="{Status.VERIFIED.value}"'
+NOT_VERIFIED = f'status!="{Status.VERIFIED.value}"'
+# Plain strings, not members, in what GE serializes into validation.json.
+STATUSES = [status.value for status in Status]
 COLUMNS = ["source", "status", "output_sha256", "residuals", "verification_passed",
            "error_code", "explanation", "quarantine", "metadata_stripped"]
-
-
-class ManifestValidationError(RuntimeError):
-    """The manifest failed its expectations; the message lists each failed one."""
-
-    def __init__(self, failed: Sequence[str], path: str | None) -> None:
-        self.failed = list(failed)
-        self.path = path
-        where = f"; full result in {path}" if path else ""
-        lines = "\n".join(f"  - {line}" for line in self.failed)
-        super().__init__(f"manifest failed {len(self.failed)} expectation(s){where}:\n{lines}")
 
 
 @dataclass
@@ -100,7 +93,7 @@ def build_suite(
             column="source", value_set=sorted(inputs),
             description="every record belongs to a listed input"),
         gxe.ExpectColumnValuesToBeInSet(
-            column="status", value_set=["verified", "quarantined", "error"],
+            column="status", value_set=STATUSES,
             description="every record has a known status"),
         gxe.ExpectColumnValuesToBeBetween(
             column="residuals", max_value=0, row_condition=VERIFIED, condition_parser="pandas",
@@ -128,7 +121,7 @@ def build_suite(
             column="explanation", row_condition=NOT_VERIFIED, condition_parser="pandas",
             description="every failed record has a quarantine path or a reason"),
         gxe.ExpectColumnValuesToBeInSet(
-            column="status", value_set=["verified"], mostly=1.0 - max_error_rate,
+            column="status", value_set=[Status.VERIFIED.value], mostly=1.0 - max_error_rate,
             description=bound),
     ):
         suite.add_expectation(expectation)

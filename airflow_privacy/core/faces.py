@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import onnxruntime
 
-from airflow_privacy.core.geometry import Box
+from airflow_privacy.core.geometry import Box, non_max_suppression
 from airflow_privacy.core.models import ModelError, resolve_model, sha256_file
 
 INPUT_NAME = "input.1"
@@ -67,24 +67,6 @@ def dynamic_model_bytes(static: bytes) -> bytes:
 # --- detection ---------------------------------------------------------------------
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; indices of the kept boxes, best score first."""
-    x1, y1, x2, y2 = boxes.T
-    areas = np.maximum(0.0, x2 - x1) * np.maximum(0.0, y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        iw = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
-        ih = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
-        inter = iw * ih
-        union = areas[best] + areas[rest] - inter
-        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[overlap < iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
 def decode(
     heatmap: np.ndarray,
     scale: np.ndarray,
@@ -123,7 +105,7 @@ def decode(
     points = np.empty_like(marks)
     points[:, 0::2] = marks[:, 1::2] * box_w[:, None] + x1[:, None]
     points[:, 1::2] = marks[:, 0::2] * box_h[:, None] + y1[:, None]
-    keep = nms(boxes[:, :4], boxes[:, 4], NMS_IOU)
+    keep = non_max_suppression(boxes[:, :4], boxes[:, 4], NMS_IOU)
     return boxes[keep], points[keep].astype(np.float32)
 
 

@@ -120,16 +120,33 @@ def crowd_boxes(boxes: Sequence[Box], gap: float) -> list[Box]:
     ]
 
 
-def merge_duplicates(
-    boxes: Sequence[Box], scores: Sequence[float], iou_threshold: float
+def non_max_suppression(
+    boxes: Sequence[Box] | np.ndarray, scores: Sequence[float] | np.ndarray, iou_threshold: float
 ) -> list[int]:
-    """Greedy NMS: indices of boxes to keep, best score first.
+    """Greedy non-maximum suppression: indices of the boxes to keep, best score first.
 
-    Used to merge the same person found by the plain and the flipped pass.
+    A box is dropped when its IoU with an already kept, better scored box reaches
+    ``iou_threshold``; equal scores keep input order. The one implementation for
+    both detectors: merging the same person found by the plain and the flipped
+    pass, and CenterFace's overlapping face candidates.
+
+    Arithmetic is done in the boxes' own float precision (float32 face boxes stay
+    float32, Python floats are float64), with the same formula as :func:`iou`, so
+    a threshold decision is the same as comparing :func:`iou` values one by one.
     """
-    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
+    coords = np.asarray(boxes)
+    coords = coords.astype(np.result_type(coords.dtype, np.float32), copy=False).reshape(-1, 4)
+    x1, y1, x2, y2 = coords.T
+    areas = np.maximum(0.0, x2 - x1) * np.maximum(0.0, y2 - y1)
+    order = np.argsort(-np.asarray(scores), kind="stable")
     keep: list[int] = []
-    for i in order:
-        if all(iou(boxes[i], boxes[k]) < iou_threshold for k in keep):
-            keep.append(i)
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        iw = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
+        ih = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
+        inter = iw * ih
+        union = areas[best] + areas[rest] - inter
+        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[overlap < iou_threshold]
     return keep

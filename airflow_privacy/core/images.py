@@ -49,6 +49,7 @@ from PIL import (
 )
 
 from airflow_privacy.core.settings import DEFAULT_MAX_PIXELS  # largest accepted width x height
+from airflow_privacy.exceptions import ImageRejected
 
 MAX_JPEG_SCANS = 100
 """Ordinary progressive JPEGs have about ten scans. Each scan is a pass over the whole image
@@ -118,15 +119,6 @@ _ENCODE_PARAMS = {
     ".jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95],
     ".webp": [cv2.IMWRITE_WEBP_QUALITY, 95],
 }
-
-
-class ImageRejected(ValueError):
-    """An input that is not processed, with a reason code for the manifest."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from airflow_privacy.core.images import sha256_bytes
+from airflow_privacy.core.status import Status
 from airflow_privacy.storage import Storage
 
 MANIFEST = "manifest.jsonl"
@@ -47,9 +48,9 @@ def summarize(records: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any]
     )
     return {
         "images": len(records),
-        "verified": by_status.get("verified", 0),
-        "quarantined": by_status.get("quarantined", 0),
-        "errors": by_status.get("error", 0),
+        "verified": by_status.get(Status.VERIFIED, 0),
+        "quarantined": by_status.get(Status.QUARANTINED, 0),
+        "errors": by_status.get(Status.ERROR, 0),
         "persons_detected": sum(r.get("persons_detected", 0) for r in records),
         "residual_detections": residual,
         "remediated": sum(

@@ -32,14 +32,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from airflow_privacy.exceptions import ModelError
+
 log = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "AIRFLOW_PRIVACY_MODEL_DIR"
 FETCH_COMMAND = "airflow-privacy models fetch"
-
-
-class ModelError(RuntimeError):
-    """Weights are missing, unreadable or not the pinned ones."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +79,35 @@ def model_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "airflow-privacy" / "models"
+
+
+def configure_ultralytics() -> None:
+    """Keep ultralytics offline and its settings inside the project's cache.
+
+    Set by the project, not the user: ultralytics otherwise writes settings to
+    the home directory and may try to download fonts or weights. It lives here,
+    beside :func:`model_dir`, because both the detector and :func:`export_model`
+    need it and the detector already depends on this module (not the reverse).
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(model_dir().parent / "ultralytics"))
+    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def undo_pil_patch() -> None:
+    """Give ``PIL.Image.open`` back its own behaviour after importing ultralytics.
+
+    Ultralytics replaces it with a wrapper that, on any unidentified file,
+    tries to pip-install a HEIF plugin at run time. We decode untrusted bytes
+    ourselves and hand the model arrays, so that wrapper would only turn our
+    clear "not an image" rejection into a package installation attempt.
+    """
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original
 
 
 def sha256_file(path: Path) -> str:
@@ -359,8 +386,6 @@ def _export(source: str, fmt: str, directory: Path) -> Path:
             raise ModelError(
                 f"exporting to {fmt} needs the {target.package!r} package, which is not installed"
             )
-        from airflow_privacy.core.detect import configure_ultralytics
-
         configure_ultralytics()  # offline: nothing is installed or downloaded while exporting
         from ultralytics import YOLO
         from ultralytics import __version__ as ultralytics_version

@@ -34,9 +34,11 @@ import hmac
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 from airflow_privacy.core.images import output_suffix
+from airflow_privacy.exceptions import NamingError
 
 MIN_KEY_BYTES = 16  # shorter keys could be brute-forced from guessable file names
 PSEUDONYM_HEX = 32  # 128 bits
@@ -45,10 +47,6 @@ NAME_MAP_VERSION = 1
 COLLISION = "output_name_collision"
 
 Namer = Callable[[str], str]
-
-
-class NamingError(ValueError):
-    """A pseudonymization key that cannot be used (missing, empty or too short)."""
 
 
 class Pseudonymizer:
@@ -160,3 +158,26 @@ def write_name_map(location: str, records: Sequence[dict[str, Any]], namer: Pseu
     storage = open_storage(parent, s3_client=s3_client)
     storage.write(name, name_map_document(records, namer))
     return storage.uri_of(name)
+
+
+def output_key(key: str, namer: Namer | None = None) -> str:
+    """Same relative path and name as the input, unless we cannot write its format (GIF);
+    with ``namer``, its pseudonym instead."""
+    if namer is not None:
+        return namer(key)
+    path = PurePosixPath(key)
+    suffix = output_suffix(key)
+    if path.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff") or suffix == path.suffix.lower():
+        return key
+    return str(path.with_suffix(suffix))
+
+
+def refusals(keys: Iterable[str], namer: Namer | None = None) -> dict[str, tuple[str, str]]:
+    """``{key: (code, message)}`` for inputs refused before they are read: name collisions.
+
+    Both drivers call this over the whole listing, so an input is refused alike
+    by the CLI and by the Airflow stages.
+    """
+    keys = list(keys)
+    clashes = find_collisions(keys, lambda key: output_key(key, namer))
+    return {key: (COLLISION, collision_message(key, name)) for key, name in clashes.items()}

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from airflow_privacy.core.images import sha256_bytes
+from airflow_privacy.core.status import Status
+from airflow_privacy.exceptions import PublishRefused
 from airflow_privacy.storage import Storage
 
 Policy = Literal["all_or_nothing", "publish_passing"]
@@ -21,15 +23,11 @@ POLICIES = ("all_or_nothing", "publish_passing")
 SUCCESS_MARKER = "_SUCCESS"
 
 
-class PublishRefused(RuntimeError):
-    """Nothing was released because the policy forbids it."""
-
-
 def releasable(records: Sequence[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
     """The records whose outputs may be released under ``policy``."""
     if policy not in POLICIES:
         raise ValueError(f"unknown publish policy {policy!r}; expected one of {POLICIES}")
-    verified = [r for r in records if r["status"] == "verified" and r.get("output_sha256")]
+    verified = [r for r in records if r["status"] == Status.VERIFIED and r.get("output_sha256")]
     if policy == "all_or_nothing" and len(verified) != len(records):
         return []
     return verified
@@ -66,7 +64,7 @@ def publish(
             )
         release.write(key, data)
         released.append((key, record["output_sha256"]))
-    withheld = len([r for r in records if r["status"] == "verified"]) - len(released)
+    withheld = len([r for r in records if r["status"] == Status.VERIFIED]) - len(released)
     marker = {
         "manifest_sha256": manifest_sha256,
         "published": len(released),

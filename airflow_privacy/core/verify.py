@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from airflow_privacy.core.detect import PersonDetector
+from airflow_privacy.core.confirm import Candidate, Confirmer
+from airflow_privacy.core.detect import PersonDetection, PersonDetector
 from airflow_privacy.core.geometry import Box, covered_fraction, region_mask, to_pixels
 from airflow_privacy.core.settings import Target, VerificationSettings
 
@@ -63,6 +64,11 @@ class VerificationResult:
     retention: list[float] = field(default_factory=list)
     max_retention: float = 0.25
     redetections: int = 0
+    reviewed: list[Candidate] = field(default_factory=list)  # uncovered re-detections
+
+    @property
+    def dismissed(self) -> list[Candidate]:
+        return [c for c in self.reviewed if not c.confirmed]
 
     @property
     def retention_failures(self) -> list[int]:
@@ -91,6 +97,7 @@ class VerificationResult:
             "residuals": [r.to_record() for r in self.residuals],
             "retention": [round(v, 4) for v in self.retention],
             "redetections": self.redetections,
+            "dismissed": len(self.dismissed),
             "reasons": self.reasons(),
         }
 
@@ -137,7 +144,14 @@ def detail_retention(original: np.ndarray, anonymized: np.ndarray, box: Box) -> 
 
 
 class Verifier:
-    """Checks an anonymized image against its original and its anonymized regions."""
+    """Checks an anonymized image against its original and its anonymized regions.
+
+    Re-detected people outside the regions are reviewed by the same
+    :class:`~airflow_privacy.core.confirm.Confirmer` as detection's candidates:
+    a confirmed one is a residual (the output fails), a dismissed one is
+    recorded in ``dismissed`` and changes nothing. Faces of the independent
+    face model are the second opinion itself and always count.
+    """
 
     def __init__(
         self,
@@ -145,11 +159,13 @@ class Verifier:
         settings: VerificationSettings,
         target: Target,
         face_finder: FaceFinder | None = None,
+        confirmer: Confirmer | None = None,
     ) -> None:
         self.detector = detector
         self.settings = settings
         self.target = target
         self.face_finder = face_finder
+        self.confirmer = confirmer
 
     def verify(
         self, original: np.ndarray, anonymized: np.ndarray, regions: Sequence[Box]
@@ -160,7 +176,9 @@ class Verifier:
         people = self.detector.detect(
             anonymized, confidence=self.settings.confidence, flip=self.settings.flip
         )
+        faces = self.face_finder.detect(anonymized) if self.face_finder is not None else []
         result.redetections = len(people)
+        uncovered: list[tuple[PersonDetection, Box, str, float]] = []
         for person in people:
             if self.target == "head":
                 if person.head_box is None:
@@ -175,12 +193,23 @@ class Verifier:
             still_a_person = (
                 kind == "person" and person.confidence >= self.settings.covered_max_confidence
             )
-            if covered < self.settings.min_coverage or still_a_person:
+            if covered < self.settings.min_coverage:
+                uncovered.append((person, box, kind, covered))
+            elif still_a_person:
                 result.residuals.append(Residual(kind, box, person.confidence, covered))
-        if self.face_finder is not None:
-            for box, confidence in self.face_finder.detect(anonymized):
-                covered = covered_fraction(box, mask)
-                if covered < self.settings.min_coverage:
-                    result.residuals.append(Residual("face", box, confidence, covered))
+        reviewed = (
+            self.confirmer.review(anonymized, [u[0] for u in uncovered], "verify", faces)
+            if self.confirmer is not None and uncovered
+            else []
+        )
+        result.reviewed = reviewed
+        for index, (person, box, kind, covered) in enumerate(uncovered):
+            if reviewed and not reviewed[index].confirmed:
+                continue
+            result.residuals.append(Residual(kind, box, person.confidence, covered))
+        for box, confidence in faces:
+            covered = covered_fraction(box, mask)
+            if covered < self.settings.min_coverage:
+                result.residuals.append(Residual("face", box, confidence, covered))
         result.retention = [detail_retention(original, anonymized, box) for box in regions]
         return result

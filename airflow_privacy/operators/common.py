@@ -8,14 +8,22 @@ credentials passed as arguments; nothing secret reaches a log or an XCom.
 When the OpenLineage provider is installed, every operator reports its input
 and output locations as OpenLineage datasets (:class:`LineageMixin`); without
 it the hook returns ``None`` and nothing is imported.
+
+Whether a failure is worth a retry is decided by the exception hierarchy in
+:mod:`airflow_privacy.exceptions`, in one place (:func:`fail_fast_unless_retryable`),
+not by a list of classes kept in each operator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from airflow_privacy.operators.compat import AirflowFailException, BaseOperator
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_privacy.exceptions import AirflowPrivacyError, is_retryable
 
 if TYPE_CHECKING:
     from airflow_privacy.core.pipeline import Pipeline
@@ -32,6 +40,25 @@ def open_locations(aws_conn_id: str | None, *uris: str) -> list[Storage]:
 
         client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
     return [open_storage(uri, s3_client=client) for uri in uris]
+
+
+@contextmanager
+def fail_fast_unless_retryable() -> Iterator[None]:
+    """Fail the task without retries on an error that a retry cannot fix.
+
+    A :class:`~airflow_privacy.exceptions.RetryableError` (a storage outage)
+    propagates and Airflow retries the task; any other ``AirflowPrivacyError``
+    (settings, model, pseudonymization key, refused publish, failed validation,
+    a missing object) becomes ``AirflowFailException``, so the task fails at once
+    instead of repeating the same failure ``retries`` times. Exceptions from
+    elsewhere are left alone, to the task's retry policy.
+    """
+    try:
+        yield
+    except AirflowPrivacyError as exc:
+        if is_retryable(exc):
+            raise
+        raise AirflowFailException(str(exc)) from exc
 
 
 def lineage_dataset_name(uri: str) -> tuple[str, str]:
@@ -114,17 +141,11 @@ class ShardOperator(LineageMixin, BaseOperator):
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_privacy.core.models import ModelError
-        from airflow_privacy.core.settings import SettingsError
         from airflow_privacy.core.stages import build_pipeline
 
-        source, work = open_locations(self.aws_conn_id, self.source, self.work)
-        try:
+        with fail_fast_unless_retryable():
+            source, work = open_locations(self.aws_conn_id, self.source, self.work)
             result = self.run_stage(build_pipeline(self.settings), source, work, self.shard)
-        except (ModelError, SettingsError) as exc:
-            # A wrong model or configuration does not heal by retrying; a storage
-            # outage (TransientStorageError) propagates and is retried.
-            raise AirflowFailException(str(exc)) from exc
         self.log.info("shard %s: %s", self.shard["shard_id"], result)
         if result.get("skipped"):
             self.log.info("shard %s: %d of %d inputs were already done and skipped",

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from airflow_privacy.exceptions import NamingError
+
 if TYPE_CHECKING:
     from airflow_privacy.core.naming import Pseudonymizer
 
@@ -22,11 +24,17 @@ def pseudonymizer(
 ) -> Pseudonymizer | None:
     """The :class:`~airflow_privacy.core.naming.Pseudonymizer` whose key is the password of
     connection ``conn_id`` or the value of Variable ``variable``; ``None`` when neither is
-    given (outputs keep their names)."""
+    given (outputs keep their names).
+
+    Every way of not getting a usable key (both places named, a connection that
+    does not exist, an empty or too short secret) raises
+    :class:`~airflow_privacy.exceptions.NamingError`, a configuration error: the
+    task fails without retries, since retrying cannot make a key appear.
+    """
     from airflow_privacy.core.naming import from_secret
 
     if conn_id and variable:
-        raise ValueError("give pseudonymize_conn_id or pseudonymize_variable, not both")
+        raise NamingError("give pseudonymize_conn_id or pseudonymize_variable, not both")
     if conn_id:
         secret, where = _connection_password(conn_id), f"connection {conn_id!r}"
     elif variable:
@@ -37,18 +45,17 @@ def pseudonymizer(
 
 
 def _connection_password(conn_id: str) -> str | None:
-    try:
-        from airflow.sdk import Connection
-    except ImportError:  # Airflow 2
-        from airflow.hooks.base import BaseHook
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
-        return BaseHook.get_connection(conn_id).password
-    return Connection.get(conn_id).password
+    try:
+        return Connection.get(conn_id).password
+    except AirflowNotFoundException as exc:
+        raise NamingError(f"connection {conn_id!r} (the pseudonymization key) is not defined") \
+            from exc
 
 
 def _variable(key: str) -> str | None:
-    try:
-        from airflow.sdk import Variable
-    except ImportError:  # Airflow 2
-        from airflow.models import Variable  # type: ignore[no-redef]
+    from airflow.sdk import Variable
+
     return Variable.get(key, default=None)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_privacy.operators.common import LineageMixin, open_locations
-from airflow_privacy.operators.compat import (
-    AirflowFailException,
-    AirflowSkipException,
-    Asset,
-    AssetAlias,
-    BaseOperator,
+from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+from airflow_privacy.operators.common import (
+    LineageMixin,
+    fail_fast_unless_retryable,
+    open_locations,
 )
 
 #: The counts from the publish result that go into the Asset event's ``extra``.
@@ -108,20 +108,17 @@ class PublishReleaseOperator(LineageMixin, BaseOperator):
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_privacy.core.publish import PublishRefused
-        from airflow_privacy.core.stages import publish_release
+        from airflow_privacy.core.release import publish_release
 
-        report, work, release = open_locations(
-            self.aws_conn_id, self.report, self.work, self.release
-        )
-        try:
+        with fail_fast_unless_retryable():  # a refused publish is refused again on retry
+            report, work, release = open_locations(
+                self.aws_conn_id, self.report, self.work, self.release
+            )
             result = publish_release(
                 report, work, release, self.policy,  # type: ignore[arg-type]
                 manifest_sha256=self.manifest_sha256 or None,
                 require_validation=self.require_validation,
             )
-        except PublishRefused as exc:
-            raise AirflowFailException(str(exc)) from exc
         self.log.info("published %s of %s to %s", result["published"],
                       result["published"] + result["withheld"], self.release)
         if not result["published"] and result["images"]:

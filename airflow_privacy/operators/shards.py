@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_privacy.operators.common import LineageMixin, open_locations
-from airflow_privacy.operators.compat import BaseOperator
+from airflow.sdk import BaseOperator
+
+from airflow_privacy.operators.common import (
+    LineageMixin,
+    fail_fast_unless_retryable,
+    open_locations,
+)
 
 
 class ListImageShardsOperator(LineageMixin, BaseOperator):
@@ -43,11 +48,12 @@ class ListImageShardsOperator(LineageMixin, BaseOperator):
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from airflow_privacy.core.stages import list_shards
+        from airflow_privacy.core.shards import list_shards
 
         uris = [self.source] + ([self.work] if self.work else [])
-        source, *work = open_locations(self.aws_conn_id, *uris)
-        shards = list_shards(source, int(self.shard_size), work=work[0] if work else None)
+        with fail_fast_unless_retryable():
+            source, *work = open_locations(self.aws_conn_id, *uris)
+            shards = list_shards(source, int(self.shard_size), work=work[0] if work else None)
         self.log.info("%d images in %d shards below %s",
                       sum(len(s["keys"]) for s in shards), len(shards), self.source)
         return shards

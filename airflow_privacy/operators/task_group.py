@@ -15,8 +15,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from airflow.sdk import TaskGroup
+
 from airflow_privacy.operators.anonymize import AnonymizePeopleOperator
-from airflow_privacy.operators.compat import TaskGroup
 from airflow_privacy.operators.detect import DetectPeopleOperator
 from airflow_privacy.operators.publish import PublishReleaseOperator
 from airflow_privacy.operators.shards import ListImageShardsOperator

@@ -5,8 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_privacy.operators.common import LineageMixin, open_locations
-from airflow_privacy.operators.compat import AirflowFailException, BaseOperator
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_privacy.core.status import Status
+from airflow_privacy.operators.common import (
+    LineageMixin,
+    fail_fast_unless_retryable,
+    open_locations,
+)
 
 VALIDATION_XCOM = "validation_summary"
 
@@ -64,17 +71,20 @@ class ValidateManifestOperator(LineageMixin, BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_privacy.core.expectations import ManifestValidationError, validate_manifest
-        from airflow_privacy.core.stages import assemble_manifest
+        from airflow_privacy.core.release import assemble_manifest
 
-        work, report = open_locations(self.aws_conn_id, self.work, self.report)
         shards = list(self.shards)
-        records, manifest_sha256 = assemble_manifest(work, report, shards, settings=self.settings,
-                                                     policy=self.policy)  # type: ignore[arg-type]
         inputs = [key for shard in shards for key in shard["keys"]]
-        result = validate_manifest(records, inputs, report=report,
-                                   max_error_rate=float(self.max_error_rate),
-                                   manifest_sha256=manifest_sha256, policy=self.policy,
-                                   raise_on_failure=False)
+        with fail_fast_unless_retryable():
+            work, report = open_locations(self.aws_conn_id, self.work, self.report)
+            records, manifest_sha256 = assemble_manifest(
+                work, report, shards, settings=self.settings,
+                policy=self.policy,  # type: ignore[arg-type]
+            )
+            result = validate_manifest(records, inputs, report=report,
+                                       max_error_rate=float(self.max_error_rate),
+                                       manifest_sha256=manifest_sha256, policy=self.policy,
+                                       raise_on_failure=False)
         summary = {**result.to_xcom(), "manifest_sha256": manifest_sha256}
         if (ti := context.get("ti")) is not None:
             ti.xcom_push(key=VALIDATION_XCOM, value=summary)
@@ -82,15 +92,14 @@ class ValidateManifestOperator(LineageMixin, BaseOperator):
             error = ManifestValidationError(result.failed, result.path)
             self.log.error("%s", error)
             raise AirflowFailException(str(error))
-        counts = {s: sum(r["status"] == s for r in records)
-                  for s in ("verified", "quarantined", "error")}
+        counts = {s.value: sum(r["status"] == s for r in records) for s in Status}
         self.log.info("manifest %s valid: %s", manifest_sha256, counts)
         return {
             "manifest": report.uri_of("manifest.jsonl"),
             "manifest_sha256": manifest_sha256,
             "validation": result.path,
             "images": len(records),
-            "verified": counts["verified"],
-            "quarantined": counts["quarantined"],
-            "errors": counts["error"],
+            "verified": counts[Status.VERIFIED],
+            "quarantined": counts[Status.QUARANTINED],
+            "errors": counts[Status.ERROR],
         }

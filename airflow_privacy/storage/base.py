@@ -10,21 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import PurePosixPath
-from typing import Any
 
+from airflow_privacy.exceptions import StorageError, TransientStorageError, UnsafeKeyError
 
-class StorageError(RuntimeError):
-    """A storage operation failed (possibly transiently: retrying may help)."""
-
-
-class TransientStorageError(StorageError):
-    """The backend could not be reached or answered "try again" (endpoint down, timeout,
-    throttling, 5xx). A separate class so that callers, and Airflow task retries, can
-    tell "retry later" apart from "this will never work" (missing key, access denied)."""
-
-
-class UnsafeKeyError(StorageError):
-    """A key that would leave the storage root."""
+__all__ = ["Storage", "StorageError", "TransientStorageError", "UnsafeKeyError", "check_key"]
 
 
 def check_key(key: str) -> str:
@@ -83,21 +72,3 @@ class Storage(ABC):
     def write_text(self, key: str, text: str) -> None:
         self.write(key, text.encode("utf-8"))
 
-
-def open_storage(uri: str, *, s3_client: Any = None) -> Storage:
-    """A storage for a local path or an ``s3://bucket/prefix`` URI.
-
-    ``s3_client`` is a boto3 S3 client; the operators build it from an Airflow
-    connection, the CLI from the standard AWS credential chain.
-    """
-    if uri.startswith("s3://"):
-        from airflow_privacy.storage.s3 import S3Storage
-
-        if s3_client is None:
-            import boto3
-
-            s3_client = boto3.client("s3")
-        return S3Storage(uri, s3_client)
-    from airflow_privacy.storage.local import LocalStorage
-
-    return LocalStorage(uri)

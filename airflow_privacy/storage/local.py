@@ -7,7 +7,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from airflow_privacy.storage.base import Storage, StorageError, UnsafeKeyError, check_key
+from airflow_privacy.exceptions import StorageError, UnsafeKeyError
+from airflow_privacy.storage.base import Storage, check_key
 
 
 class LocalStorage(Storage):

@@ -33,13 +33,8 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from airflow_privacy.storage.base import (
-    Storage,
-    StorageError,
-    TransientStorageError,
-    UnsafeKeyError,
-    check_key,
-)
+from airflow_privacy.exceptions import StorageError, TransientStorageError, UnsafeKeyError
+from airflow_privacy.storage.base import Storage, check_key
 
 #: Payloads from this size on go through ``upload_fileobj`` (multipart). S3 makes a
 #: multipart upload visible only when it completes, so both paths are atomic.

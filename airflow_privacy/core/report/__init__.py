@@ -1,0 +1,49 @@
+"""``report.html``: the run's manifest as one page a reviewer can open anywhere.
+
+The manifest and summary are complete but not readable at a glance; this page
+is. It is written beside them, after publication, and is a single
+self-contained file (inline CSS and SVG, images as ``data:`` URIs, no script,
+no external URL), so it can be mailed, archived, or opened from object storage
+without reaching anything else. A Content-Security-Policy ``<meta>`` backs that
+up: even a mistake in escaping could neither run a script nor fetch anything.
+
+Three rules shape it:
+
+* **Only published pixels are shown.** Thumbnails (:mod:`.thumbnails`) are made
+  from the *release* objects of records that the publish policy released, and
+  only when the object's sha256 is the verified ``output_sha256``. A source
+  image, a quarantined output or a withheld output is never read, so a report
+  cannot leak what the pipeline refused to publish.
+* **Everything from the run is hostile text.** Keys are file names chosen by
+  whoever filled the source folder; the page is rendered (:mod:`.render`) from
+  ``templates/report.html.j2`` with Jinja2 autoescape on, and control/format
+  characters (newlines, bidi overrides) are shown as visible escapes so a name
+  cannot pretend to be another.
+* **Same inputs, same bytes.** Records are sorted by source, nothing reads a
+  clock, and thumbnails are encoded deterministically, so a report can be
+  diffed and hashed like the manifest.
+"""
+
+from airflow_privacy.core.report.render import (
+    HISTOGRAM_BINS,
+    REPORT,
+    render_report,
+    write_report,
+    write_report_from,
+)
+from airflow_privacy.core.report.thumbnails import (
+    REGION_COLOR,
+    REMEDIATION_COLOR,
+    THUMBNAIL_QUALITY,
+)
+
+__all__ = [
+    "HISTOGRAM_BINS",
+    "REGION_COLOR",
+    "REMEDIATION_COLOR",
+    "REPORT",
+    "THUMBNAIL_QUALITY",
+    "render_report",
+    "write_report",
+    "write_report_from",
+]

@@ -1,0 +1,353 @@
+"""The report's facts as plain data, rendered through one autoescaping Jinja2 template.
+
+Python decides *what* the page says (totals, verdicts, histogram geometry,
+which outputs were published); ``templates/report.html.j2`` decides how it
+looks. Every value reaches the page through Jinja2's autoescape, so escaping
+is the default rather than something each line must remember; the only
+markup built from run data is the ``ctl`` highlight for control characters,
+and that is assembled by the template from pieces :func:`visible` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from airflow_privacy.core.manifest import SUMMARY, VALIDATION, read_manifest
+from airflow_privacy.core.publish import POLICIES, releasable
+from airflow_privacy.core.report.thumbnails import thumbnail
+from airflow_privacy.storage import Storage, StorageError
+
+REPORT = "report.html"
+HISTOGRAM_BINS = 10
+TEMPLATE = "report.html.j2"
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}  # control characters shown by name
+
+
+def write_report(
+    report: Storage,
+    records: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    release: Storage,
+    *,
+    max_thumbnails: int = 200,
+    thumbnail_size: int = 256,
+) -> str:
+    """Write ``report.html`` beside the manifest in ``report``; returns its URI.
+
+    ``records`` and ``summary`` are what :mod:`~airflow_privacy.core.manifest`
+    wrote. ``validation.json`` is read from ``report`` when present. Thumbnails
+    (at most ``max_thumbnails``, longer side ``thumbnail_size``) come from
+    ``release`` only. A thumbnail that cannot be made (object missing or
+    changed, undecodable) is replaced by a note rather than failing the run:
+    the report describes a release that already happened.
+    """
+    page = render_report(
+        records, summary, release, validation=_read_validation(report),
+        max_thumbnails=max_thumbnails, thumbnail_size=thumbnail_size,
+    )
+    report.write(REPORT, page.encode("utf-8"))
+    return report.uri_of(REPORT)
+
+
+def write_report_from(report: Storage, release: Storage, **options: Any) -> str:
+    """:func:`write_report` from the ``manifest.jsonl`` and ``summary.json`` in ``report``.
+
+    For callers that hold locations rather than records, such as the Airflow
+    publish task, where the summary is only complete after publication.
+    """
+    summary = json.loads(report.read_text(SUMMARY)) if report.exists(SUMMARY) else {}
+    return write_report(report, read_manifest(report), summary, release, **options)
+
+
+def render_report(
+    records: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    release: Storage,
+    *,
+    validation: dict[str, Any] | None = None,
+    max_thumbnails: int = 200,
+    thumbnail_size: int = 256,
+) -> str:
+    """The page as text; :func:`write_report` stores it. Split out for tests and previews."""
+    if thumbnail_size < 16:
+        raise ValueError(f"thumbnail_size must be >= 16, not {thumbnail_size}")
+    ordered = sorted(records, key=lambda r: str(r.get("source")))
+    published = _published(ordered, summary)
+    context = {  # plain data only: every bit of markup is the template's
+        "totals": _totals(ordered, summary),
+        "verification": _verification(ordered),
+        "validation_file": VALIDATION,
+        "validation": None if validation is None else _validation(validation, summary),
+        "histogram": _histogram(ordered, summary),
+        "rows": [_row(record, published) for record in ordered],
+        "candidates": any(isinstance(r.get("candidates"), list) for r in ordered),
+        "thumbnails": _thumbnails(ordered, published, release, max_thumbnails, thumbnail_size),
+    }
+    return _environment().get_template(TEMPLATE).render(context)
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    """One environment per process: autoescape always on, whatever the template's name."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader(__package__, "templates"), autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails loudly, never renders blank
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,  # see the template
+    )
+    environment.filters.update(visible=visible, plain=plain)
+    return environment
+
+
+# -- what was published -----------------------------------------------------------------------
+
+
+def _published(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> set[str]:
+    """Source keys whose outputs the publish step released.
+
+    Recomputed with the publish step's own :func:`releasable` under the summary's
+    policy (the summary has counts, not keys), so a withheld output (e.g. under
+    ``all_or_nothing``) is never shown. Nothing counts as published while the
+    summary says publication has not happened (``published`` is null).
+    """
+    policy = summary.get("policy")
+    if not summary.get("published") or policy not in POLICIES:
+        return set()
+    return {str(r["source"]) for r in releasable(records, policy)}
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def _totals(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary's counts and provenance; the models actually used come from the records."""
+    models = _distinct(records, "model")
+    faces = _distinct(records, "face_model")
+    if not models:
+        name = ((summary.get("settings") or {}).get("detection") or {}).get("model")
+        models = [{"name": name, "sha256": None}] if name else []
+    items = [
+        ("images", "Images", summary.get("images", len(records))),
+        ("published", "Published", _or_pending(summary.get("published"))),
+        ("verified", "Verified", summary.get("verified")),
+        ("quarantined", "Quarantined", summary.get("quarantined")),
+        ("errors", "Rejected (errors)", summary.get("errors")),
+        ("withheld", "Withheld", _or_pending(summary.get("withheld"))),
+        ("ignored", "Ignored (not images)", summary.get("ignored")),
+        ("persons_detected", "Persons detected", summary.get("persons_detected")),
+        ("residual_detections", "Residual detections", summary.get("residual_detections")),
+        ("remediated", "Remediated", summary.get("remediated")),
+        ("policy", "Publish policy", summary.get("policy")),
+        ("settings_key", "Settings key", summary.get("settings_key")),
+        ("manifest_sha256", "Manifest sha256", summary.get("manifest_sha256")),
+        ("model", "Person model", _models_text(models)),
+        ("face_model", "Face model", _models_text(faces) if faces else "none"),
+        ("release", "Release", summary.get("release")),
+        ("elapsed_s", "Elapsed (s)", summary.get("elapsed_s")),
+    ]
+    return [{"key": key, "label": label, "value": value} for key, label, value in items]
+
+
+def _verification(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image verification as one verdict: every image must be verified to pass."""
+    verified = sum(1 for r in records if r.get("status") == "verified")
+    failed = len(records) - verified
+    return {"images": len(records), "verified": verified, "failed": failed, "passed": not failed}
+
+
+def _validation(validation: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """The Great Expectations gate; it passes only if it validated *this* manifest."""
+    if validation.get("unreadable"):
+        return {"unreadable": validation["unreadable"]}
+    stats = validation.get("statistics") or {}
+    pinned = (validation.get("meta") or {}).get("manifest_sha256")
+    expected = summary.get("manifest_sha256")
+    same = pinned is not None and pinned == expected
+    return {
+        "unreadable": None,
+        "verdict": "passed" if validation.get("success") and same else "failed",
+        "successful": stats.get("successful_expectations"),
+        "evaluated": stats.get("evaluated_expectations"),
+        "same": same, "pinned": pinned, "expected": expected,
+        "failures": [
+            {"name": _expectation_name(r), "observed": _observed(r)}
+            for r in validation.get("results") or []
+            if isinstance(r, dict) and not r.get("success")
+        ],
+    }
+
+
+def _histogram(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """Detection confidences in equal bins over [0, 1]: the geometry of the SVG bars.
+
+    Shows whether the run sat near its threshold (many detections just above
+    it suggest others just below); the threshold is drawn as a line.
+    """
+    edges = [i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
+    counts = [0] * HISTOGRAM_BINS
+    for record in records:
+        for detection in record.get("detections") or []:
+            confidence = detection.get("confidence")
+            if isinstance(confidence, int | float):
+                index = min(max(bisect_right(edges, float(confidence)) - 1, 0), HISTOGRAM_BINS - 1)
+                counts[index] += 1
+    width, height, left, bottom, top = 560, 220, 40, 30, 20
+    plot_h = height - bottom - top
+    bar_w = (width - left - 10) / HISTOGRAM_BINS
+    peak = max(counts) or 1
+    bars = []
+    for i, count in enumerate(counts):
+        bar_h = round(plot_h * count / peak, 1)
+        x = round(left + i * bar_w + 2, 1)
+        y = round(height - bottom - bar_h, 1)
+        bars.append({
+            "label": f"{edges[i]:.1f}–{edges[i + 1]:.1f}", "tick": f"{edges[i]:.1f}",
+            "count": count, "x": x, "y": y, "width": round(bar_w - 4, 1), "height": bar_h,
+            "count_x": round(x + (bar_w - 4) / 2, 1), "count_y": round(y - 4, 1),
+        })
+    threshold = ((summary.get("settings") or {}).get("detection") or {}).get("confidence")
+    line = None
+    if isinstance(threshold, int | float) and 0 <= threshold <= 1:
+        line = {"x": round(left + float(threshold) * (width - left - 10), 1), "value": threshold}
+    return {"total": sum(counts), "bars": bars, "threshold": line, "width": width,
+            "height": height, "left": left, "top": top, "base": height - bottom}
+
+
+def _row(record: dict[str, Any], published: set[str]) -> dict[str, Any]:
+    """One table row's facts; ``shown`` says whether a verified output was also published."""
+    status = str(record.get("status"))
+    source = str(record.get("source"))
+    verification = record.get("verification") or {}
+    retention = [v for v in verification.get("retention") or [] if isinstance(v, int | float)]
+    shown = status
+    if status == "verified":
+        shown = "published" if source in published else "verified, not published"
+    candidates = record.get("candidates")  # newer records: every candidate and its fate
+    dismissed = None
+    if isinstance(candidates, list):
+        dismissed = sum(1 for c in candidates if isinstance(c, dict)
+                        and c.get("decision") == "dismissed")
+    return {
+        "status": status, "source": source, "shown": shown,
+        "persons": record.get("persons_detected"),
+        "regions": len(record.get("regions") or []),
+        "retention": f"{max(retention):.4f}" if retention else None,
+        "residuals": len(verification.get("residuals") or []),
+        "reason": _reason(record),
+        "unchanged": record.get("pixels_unchanged") is True, "dismissed": dismissed,
+    }
+
+
+def _thumbnails(
+    records: Sequence[dict[str, Any]],
+    published: set[str],
+    release: Storage,
+    limit: int,
+    size: int,
+) -> dict[str, Any]:
+    """Figures for the first ``limit`` published records, in source order; none for others."""
+    chosen, figures = [r for r in records if str(r.get("source")) in published], []
+    limit = max(0, limit)
+    for record in chosen[:limit]:
+        key = str(record.get("output_key") or record.get("source"))
+        thumb = thumbnail(release, record, key, size)
+        figures.append({"source": record.get("source"), "uri": thumb.data_uri, "note": thumb.note,
+                        "width": thumb.width, "height": thumb.height})
+    return {"figures": figures, "more": len(chosen) - len(figures), "limit": limit}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _read_validation(report: Storage) -> dict[str, Any] | None:
+    """``validation.json`` if present; a broken one is reported, not fatal."""
+    if not report.exists(VALIDATION):
+        return None
+    try:
+        document = json.loads(report.read_text(VALIDATION))
+    except (StorageError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {"unreadable": f"{type(exc).__name__}: {exc}"}
+    return document if isinstance(document, dict) else {"unreadable": "not a JSON object"}
+
+
+def _expectation_name(result: dict[str, Any]) -> str:
+    config = result.get("expectation_config") or {}
+    return str(config.get("description") or config.get("type") or "expectation")
+
+
+def _observed(result: dict[str, Any]) -> str:
+    observed = result.get("result") or {}
+    if "observed_value" in observed:
+        return f": observed {observed['observed_value']}"
+    if "unexpected_count" in observed:
+        return f": {observed['unexpected_count']} unexpected"
+    return ""
+
+
+def _reason(record: dict[str, Any]) -> str:
+    error = record.get("error") or {}
+    if error:
+        code, message = error.get("code"), error.get("message")
+        return f"{code}: {message}" if message else str(code)
+    rounds = (record.get("verification") or {}).get("remediation_rounds") or 0
+    return f"remediated in {rounds} round{'s' if rounds != 1 else ''}" if rounds else ""
+
+
+def _distinct(records: Sequence[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        value = record.get(field)
+        if isinstance(value, dict):
+            seen.setdefault((str(value.get("name")), str(value.get("sha256"))), value)
+    return [seen[k] for k in sorted(seen)]
+
+
+def _models_text(models: Sequence[dict[str, Any]]) -> str:
+    return "; ".join(f"{m.get('name')} (sha256 {m.get('sha256') or 'unknown'})" for m in models)
+
+
+def _or_pending(value: Any) -> Any:
+    return "not published yet" if value is None else value
+
+
+# -- control characters -----------------------------------------------------------------------
+
+
+def visible(value: Any) -> list[tuple[bool, str]]:
+    """``str(value)`` as runs of ``(is_control, text)`` for the template's ``show`` macro.
+
+    A newline, a bidi override (U+202E), a zero-width or a no-break space in a
+    file name would otherwise hide what the name really is; each becomes an
+    escape (``\\n``, ``\\u202e``) that the template highlights. Only text is
+    returned: the template escapes it and adds the ``<span class="ctl">``.
+    """
+    text = str(value)
+    if text.isprintable():
+        return [(False, text)]
+    runs: list[tuple[bool, str]] = []
+    for char in text:
+        if not char.isprintable():
+            runs.append((True, _control(char)))
+        elif runs and not runs[-1][0]:
+            runs[-1] = (False, runs[-1][1] + char)
+        else:
+            runs.append((False, char))
+    return runs
+
+
+def plain(value: Any) -> str:
+    """:func:`visible` for attributes, where no highlight can be placed: escapes as text."""
+    return "".join(text for _, text in visible(value))
+
+
+def _control(char: str) -> str:
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else (
+        f"\\U{code:08x}")
