@@ -11,7 +11,9 @@ gets a decision and the evidence behind it:
   score (the zebra, the plate of food);
 * **face**: the independent face model (run by verification anyway) finds a
   face inside it;
-* **confident**: its score is at or above the detection threshold;
+* **confident**: its score is ``confident`` or more; at detection, also a box
+  at the detection threshold that touches the frame's edge (a person cut off
+  by the frame has no context to re-score a crop with);
 * **crop**: re-detected at ``crop_confidence`` or more on an upscaled crop of
   the box with context (a 40 px person becomes a 300 px one; a texture stays
   a texture). This is the evidence that separates people from look-alikes.
@@ -127,8 +129,12 @@ class Confirmer:
                     f"(< {s.large_min_keypoints}); confidence {person.confidence:.2f}"))
             elif inside:
                 self._decide(candidate, CONFIRMED, f"face inside ({max(inside):.2f})")
-            elif person.confidence >= self.confident_at:
+            elif person.confidence >= s.confident:
                 self._decide(candidate, CONFIRMED, f"confident ({person.confidence:.2f})")
+            elif (stage == "detect" and person.confidence >= self.confident_at
+                  and _at_edge(person.box, width, height)):
+                self._decide(candidate, CONFIRMED,
+                             f"cut off by the frame's edge ({person.confidence:.2f})")
             else:
                 undecided.append(candidate)
         if undecided:
@@ -153,12 +159,18 @@ class Confirmer:
                 self._decide(candidate, CONFIRMED, f"crop re-score {score:.2f}")
             else:
                 self._decide(candidate, DISMISSED, (
-                    f"confidence {candidate.person.confidence:.2f} < {self.confident_at}, "
+                    f"confidence {candidate.person.confidence:.2f} below the confident level, "
                     f"crop re-score {score:.2f} < {s.crop_confidence}, no face inside"))
 
     @staticmethod
     def _decide(candidate: Candidate, decision: str, reason: str) -> None:
         candidate.decision, candidate.reason = decision, reason
+
+
+def _at_edge(box: Box, width: int, height: int, margin: float = 2.0) -> bool:
+    """The box touches the frame: part of the person lies outside the picture."""
+    return (box[0] <= margin or box[1] <= margin
+            or box[2] >= width - margin or box[3] >= height - margin)
 
 
 def _face_inside(face: Box, person: Box, max_share: float) -> bool:

@@ -234,11 +234,16 @@ class PersonDetector:
             verbose=False,
         )
 
-    def detect(self, pixels: np.ndarray, *, confidence: float, flip: bool) -> list[PersonDetection]:
-        """All people at or above ``confidence``; with ``flip`` also on the mirrored image."""
+    def detect(
+        self, pixels: np.ndarray, *, confidence: float, flip: bool, image_size: int | None = None
+    ) -> list[PersonDetection]:
+        """All people at or above ``confidence``; with ``flip`` also on the mirrored image.
+
+        ``image_size``: the model's input size for this call (default: the detector's).
+        """
         batch = [pixels, np.ascontiguousarray(pixels[:, ::-1])] if flip else [pixels]
         with self._lock:
-            results = self._predict(batch, confidence)
+            results = self._predict(batch, confidence, image_size)
         found = [
             person
             for index, result in enumerate(results)

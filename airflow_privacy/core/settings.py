@@ -27,7 +27,7 @@ class DetectionSettings:
     model: str = DEFAULT_MODEL
     model_sha256: str | None = None
     classes: tuple[int, ...] = (0,)
-    confidence: float = 0.5  # confident: taken without confirmation (see ConfirmationSettings)
+    confidence: float = 0.25  # confident: taken without confirmation (see ConfirmationSettings)
     image_size: int = 640
     flip: bool = False
     merge_iou: float = 0.6
@@ -42,7 +42,7 @@ class AnonymizationSettings:
     target: Target = "person"
     method: MethodName = "blur"
     padding: float = 0.1
-    crowd_gap: float | None = 0.25  # None: never join neighbours into one region
+    crowd_gap: float | None = 0.0  # 0: join only people whose boxes overlap; None: never
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class VerificationSettings:
 
     confidence: float = 0.1
     flip: bool = True
+    # Sizes a re-identifier would try besides detection's own: a preset that detects at
+    # 1280 px must not publish a person the model still finds at its native 640.
+    image_sizes: tuple[int, ...] = (640,)
     covered_max_confidence: float = 0.25
     min_coverage: float = 0.9
     max_retention: float = 0.25
@@ -73,10 +76,13 @@ class VerificationSettings:
 class ConfirmationSettings:
     """When a person candidate may change pixels: the confirmation before destruction.
 
-    Detection keeps candidates down to ``candidate_confidence``; only those at
-    or above the detection threshold (``DetectionSettings.confidence``) are
-    taken as they are. Every other candidate, and every person re-detected
-    during verification, changes pixels only with corroborating evidence: a
+    Detection keeps candidates down to ``candidate_confidence``; only those
+    scoring ``confident`` or more are taken as they are, and, at detection,
+    those at the detection threshold (``DetectionSettings.confidence``) whose
+    box touches the frame's edge (a person cut off by the frame cannot be
+    re-scored with context). Every other candidate, and every person
+    re-detected during verification below ``confident``, changes pixels only
+    with corroborating evidence: a
     confident person on an upscaled crop of it with context (the box grown to
     ``crop_scale`` times its size, shown to the model at ``crop_size`` px), or
     (in verification, where the face model runs anyway) a face inside it. A
@@ -91,6 +97,7 @@ class ConfirmationSettings:
 
     enabled: bool = True
     candidate_confidence: float = 0.05
+    confident: float = 0.5  # taken on its score alone, at detection and in verification
     crop_scale: float = 1.5
     crop_size: int = 320
     crop_confidence: float = 0.4
@@ -102,8 +109,8 @@ class ConfirmationSettings:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "thorough": {
-        "detection": {"confidence": 0.1, "image_size": 1280, "flip": True},
-        "verification": {"confidence": 0.1, "covered_max_confidence": 0.1},
+        "detection": {"image_size": 1280, "flip": True},
+        "verification": {"covered_max_confidence": 0.1},
     },
 }
 
@@ -168,8 +175,9 @@ class RunSettings:
             unknown = set(values) - known
             if unknown:
                 raise SettingsError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
-            if "classes" in values:
-                values["classes"] = tuple(values["classes"])
+            for name in ("classes", "image_sizes"):
+                if name in values:
+                    values[name] = tuple(values[name])
             return kind(**values)
 
         top = dict(data)
@@ -185,10 +193,10 @@ class RunSettings:
     def preset(cls, name: str) -> RunSettings:
         """A named starting point: ``default`` (fast) or ``thorough`` (recall first).
 
-        ``thorough`` runs detection at 1280 px with flip TTA and confidence 0.1:
-        measured on coco128-train it finds every person >= 64 px and about 70 % of
-        those 32-64 px (default: ~99 % and ~45 %), for ~5x the time and more
-        collateral blur (bench/quality.py, README).
+        ``thorough`` runs detection at 1280 px with flip TTA (candidates still
+        confirmed before any pixel changes) and verifies at 1280 and at 640 px:
+        more small people found for several times the time (bench/quality.py and
+        the README give the measured numbers).
         """
         try:
             overrides = PRESETS[name]

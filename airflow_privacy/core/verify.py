@@ -28,7 +28,13 @@ import numpy as np
 
 from airflow_privacy.core.confirm import Candidate, Confirmer
 from airflow_privacy.core.detect import PersonDetection, PersonDetector
-from airflow_privacy.core.geometry import Box, covered_fraction, region_mask, to_pixels
+from airflow_privacy.core.geometry import (
+    Box,
+    covered_fraction,
+    non_max_suppression,
+    region_mask,
+    to_pixels,
+)
 from airflow_privacy.core.settings import Target, VerificationSettings
 
 
@@ -173,9 +179,7 @@ class Verifier:
         height, width = anonymized.shape[:2]
         mask = region_mask(regions, width, height)
         result = VerificationResult(max_retention=self.settings.max_retention)
-        people = self.detector.detect(
-            anonymized, confidence=self.settings.confidence, flip=self.settings.flip
-        )
+        people = self._redetect(anonymized)
         faces = self.face_finder.detect(anonymized) if self.face_finder is not None else []
         result.redetections = len(people)
         uncovered: list[tuple[PersonDetection, Box, str, float]] = []
@@ -213,3 +217,17 @@ class Verifier:
                 result.residuals.append(Residual("face", box, confidence, covered))
         result.retention = [detail_retention(original, anonymized, box) for box in regions]
         return result
+
+    def _redetect(self, pixels: np.ndarray) -> list[PersonDetection]:
+        """People at the detector's own size and at every other size verification checks."""
+        s = self.settings
+        people = self.detector.detect(pixels, confidence=s.confidence, flip=s.flip)
+        extra = [size for size in s.image_sizes if size != self.detector.image_size]
+        for size in extra:
+            people += self.detector.detect(pixels, confidence=s.confidence, flip=s.flip,
+                                           image_size=size)
+        if extra and len(people) > 1:
+            keep = non_max_suppression([p.box for p in people], [p.confidence for p in people],
+                                       self.detector.merge_iou)
+            people = [people[i] for i in keep]
+        return people
