@@ -22,6 +22,8 @@ models: $(MODELS)
 
 $(MODELS): $(STAMP) airflow_privacy/core/models.py
 	$(BIN)/airflow-privacy models fetch
+	mkdir -p $(VENV)/share/airflow-privacy
+	ln -sfn $(AIRFLOW_PRIVACY_MODEL_DIR) $(VENV)/share/airflow-privacy/models
 	touch $@
 
 lint: $(STAMP)

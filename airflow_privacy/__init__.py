@@ -28,7 +28,20 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_privacy.operators.verify",
                     "airflow_privacy.operators.publish",
                     "airflow_privacy.operators.validate",
+                    "airflow_privacy.operators.cleanup",
                 ],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Image anonymization",
+                "python-modules": ["airflow_privacy.sensors.release"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Image anonymization",
+                "python-modules": ["airflow_privacy.triggers.release"],
             }
         ],
         "task-groups": ["airflow_privacy.operators.task_group.anonymization_task_group"],

@@ -26,6 +26,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airflow-privacy",
@@ -50,15 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how to anonymize (default: blur)")
     run.add_argument("--model", default=None,
                      help="model name in the model directory or path (default: yolo11n-pose.pt)")
-    run.add_argument("--conf", type=float, default=None, help="detection confidence threshold")
+    run.add_argument("--conf", type=float, default=None,
+                     help="detection threshold (default 0.25): people at the frame's edge from "
+                     "here are taken without confirmation; weaker candidates need evidence")
     run.add_argument("--verify-conf", type=float, default=None,
                      help="verification confidence threshold (must be <= --conf)")
     run.add_argument("--policy", choices=["publish_passing", "all_or_nothing"],
                      default="publish_passing",
                      help="publish verified images even if others failed (default), or nothing")
     run.add_argument("--preset", choices=["default", "thorough"], default="default",
-                     help="default: fast; thorough: 1280 px, flip, conf 0.1 (more recall, "
-                     "~5x slower)")
+                     help="default: 640 px; thorough: detection at 1280 px with flip, verified at "
+                     "1280 and 640 px (more small people found, several times slower)")
     run.add_argument("--settings", metavar="JSON",
                      help="a JSON file of RunSettings (instead of --preset); flags above "
                      "override it")
@@ -69,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name-map", metavar="FILE",
                      help="with --pseudonymize-key-env: also write the original name -> "
                      "pseudonym map to FILE (a path or s3:// URI; keep it private)")
+    run.add_argument("--keep-rejected-source", action="store_true",
+                     help="keep the source bytes of rejected inputs in the report's quarantine/ "
+                     "(default: only their sha256 in the manifest)")
+    run.add_argument("--quarantine-days", type=_non_negative_int, default=None, metavar="N",
+                     help="delete quarantined outputs older than N days at the end of the run "
+                     "(default: 30; 0 keeps nothing for review)")
+    run.add_argument("--attestation-key-env", metavar="VAR",
+                     help="sign attestation.json with HMAC-SHA256, the key read from the "
+                     "environment variable VAR (never the key itself on the command line)")
     run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                      help="images processed concurrently, overlapping I/O with inference "
                      "(default: 2; 1 processes strictly one after the other)")
@@ -79,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = model_commands.add_parser(
         "fetch", help="download the default models into the model directory, sha256-verified"
     )
-    fetch.add_argument("names", nargs="*", help="models to fetch (default: all known)")
+    fetch.add_argument(
+        "names", nargs="*",
+        help="models to fetch (default: every model with an offline source; the official "
+             "detect checkpoints yolo11n.pt and yolo11s.pt by name, online)")
     fetch.add_argument("--no-export", action="store_true",
                        help="do not also make the default exports (yolo11n-pose.onnx)")
     fetch.add_argument("--offline", action="store_true",
@@ -114,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _models(args: argparse.Namespace) -> int:
     from airflow_privacy.core.models import (
         DEFAULT_EXPORTS,
-        KNOWN_MODELS,
+        DEFAULT_MODELS,
         ModelError,
         ensure_export,
         export_available,
@@ -131,14 +152,14 @@ def _models(args: argparse.Namespace) -> int:
     if args.models_command == "export":
         jobs = [(source, args.export_format) for source in args.sources or ["yolo11n-pose.pt"]]
     else:
-        jobs = [(name, None) for name in args.names or sorted(KNOWN_MODELS)]
+        jobs = [(name, None) for name in args.names or DEFAULT_MODELS]
         if not args.names and not args.no_export:  # `make models` leaves the exports ready
             for fmt in DEFAULT_EXPORTS:
                 if not export_available(fmt):  # optional until an export is the default model
                     print(f"note: {fmt} export skipped ({fmt!r} is not installed)",
                           file=sys.stderr)
                     continue
-                jobs += [(n, fmt) for n in sorted(KNOWN_MODELS) if n.endswith(".pt")]
+                jobs += [(n, fmt) for n in DEFAULT_MODELS if n.endswith(".pt")]
     for name, fmt in jobs:
         try:
             if args.models_command == "export":
@@ -162,6 +183,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from airflow_privacy.core.batch import run_batch
     from airflow_privacy.core.naming import NamingError, from_env, write_name_map
     from airflow_privacy.core.pipeline import Pipeline
+    from airflow_privacy.core.retention import Retention
     from airflow_privacy.core.settings import RunSettings, SettingsError
     from airflow_privacy.exceptions import AirflowPrivacyError
     from airflow_privacy.storage import open_storage
@@ -178,6 +200,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         namer = from_env(args.pseudonymize_key_env) if args.pseudonymize_key_env else None
         if args.name_map and namer is None:
             raise SettingsError("--name-map needs --pseudonymize-key-env")
+        retention = Retention(args.keep_rejected_source, *(
+            [args.quarantine_days] if args.quarantine_days is not None else []))
+        key = _attestation_key(args.attestation_key_env)
     except (SettingsError, NamingError, OSError, json.JSONDecodeError) as exc:
         parser.error(str(exc))
     try:
@@ -191,7 +216,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 return tqdm(keys, unit="img", desc="anonymizing")
 
         result = run_batch(source, release, report, pipeline, policy=args.policy,
-                           progress=progress, namer=namer,
+                           progress=progress, namer=namer, retention=retention,
+                           run=_run_identity(), attestation_key=key,
+                           attestation_key_id=f"env:{args.attestation_key_env}" if key else None,
                            **({"workers": args.workers} if args.workers else {}))
         if args.name_map:
             write_name_map(args.name_map, result.records, namer)
@@ -205,6 +232,37 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"report in {args.report}"
     )
     return EXIT_OK if result.all_published else EXIT_INCOMPLETE
+
+
+def _attestation_key(variable: str | None) -> bytes | None:
+    """The attestation key from environment variable ``variable`` (at least 16 bytes)."""
+    import os
+
+    from airflow_privacy.core.settings import SettingsError
+
+    if not variable:
+        return None
+    value = os.environ.get(variable, "")
+    if len(value.encode("utf-8")) < 16:
+        raise SettingsError(f"--attestation-key-env {variable}: the variable is unset or holds "
+                            "fewer than 16 bytes")
+    return value.encode("utf-8")
+
+
+def _run_identity() -> dict[str, object]:
+    """Who ran what, when: the CLI's side of the report's run identity."""
+    import getpass
+    import uuid
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = None
+    return {"driver": "cli", "run_id": f"cli-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+            "started": now.isoformat(), "triggered_by": f"command line (user {user})",
+            "run_type": "manual"}
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ BACKEND_MODELS = {
     "openvino": "yolo11n-pose_openvino_model",
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-STAGES = ("decode", "detect", "anonymize", "verify")
+STAGES = ("decode", "find", "anonymize", "verify")
 
 
 # --- image sets ------------------------------------------------------------------------------
@@ -176,16 +176,64 @@ def run_seed(folder: Path, scratch: Path) -> dict[str, Any]:
             "cpu_s": time.process_time() - cpu, "model_passes": 2 * len(files)}
 
 
-def run_pipeline(folder: Path, scratch: Path, model: str, workers: int) -> dict[str, Any]:
-    """(c): the CLI's batch over local folders, default settings but for the model."""
+def settings_for(backend: str) -> Any:
+    """Default settings, but for the backend that runs the pinned weights."""
+    from airflow_privacy.core.settings import RunSettings
+
+    return RunSettings.from_dict({"detection": {"backend": backend}})
+
+
+def record_model_calls(pipeline: Any) -> dict[str, list[list[Any]]]:
+    """Log, per input, every network call the pipeline makes: what (b*) replays.
+
+    The flow is entered per input in a worker thread (``flow.begin``), so the
+    input a call belongs to is the thread's current one. A pose call is logged
+    as ``["pose", [shapes], confidence, size]`` (crops included, reused plain
+    passes not: they ran no network), a face call as ``["face", shape]``.
+    """
+    import threading
+
+    from airflow_privacy.core import flow
+
+    calls: dict[str, list[list[Any]]] = {}
+    current = threading.local()
+    begin, detector, faces = flow.begin, pipeline.detector, pipeline.face_finder
+
+    def tracked_begin(pipe: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+        current.key = key
+        calls[key] = []
+        return begin(pipe, key, *args, **kwargs)
+
+    predict = detector._predict
+
+    def tracked_predict(batch: list[Any], confidence: float, image_size: int | None = None):
+        calls[current.key].append(["pose", [list(b.shape) for b in batch], confidence,
+                                   image_size or detector.image_size])
+        return predict(batch, confidence, image_size)
+
+    flow.begin = tracked_begin
+    detector._predict = tracked_predict
+    if faces is not None:
+        run_faces = faces.run
+
+        def tracked_faces(pixels: Any) -> Any:
+            calls[current.key].append(["face", list(pixels.shape)])
+            return run_faces(pixels)
+
+        faces.run = tracked_faces
+    return calls
+
+
+def run_pipeline(folder: Path, scratch: Path, backend: str, workers: int) -> dict[str, Any]:
+    """(c): the CLI's batch over local folders, default settings but for the backend."""
     from airflow_privacy.core.batch import run_batch
     from airflow_privacy.core.pipeline import Pipeline
-    from airflow_privacy.core.settings import RunSettings
     from airflow_privacy.storage import open_storage
 
     started = time.perf_counter()
-    pipeline = Pipeline(RunSettings().with_overrides(model=model))
+    pipeline = Pipeline(settings_for(backend)).load()
     load_s = time.perf_counter() - started
+    calls = record_model_calls(pipeline)
     started, cpu = time.perf_counter(), time.process_time()
     result = run_batch(
         open_storage(str(folder)), open_storage(str(scratch / "release")),
@@ -193,63 +241,79 @@ def run_pipeline(folder: Path, scratch: Path, model: str, workers: int) -> dict[
     )
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     stages: Counter[str] = Counter()
-    work = {}
+    rounds: Counter[int] = Counter()
     for record in result.records:
         stages.update(record.get("timings_ms") or {})
-        verification = record.get("verification") or {}
-        work[record["source"]] = len(verification.get("rounds") or [])
-    flip = pipeline.settings.verification.flip
+        rounds[len((record.get("verification") or {}).get("rounds") or [])] += 1
+    pose = sum(len(c[1]) for cs in calls.values() for c in cs if c[0] == "pose")
     return {
         "images": len(result.records), "seconds": seconds, "load_s": load_s, "cpu_s": cpu,
         "stages_ms": {k: round(stages[k], 1) for k in STAGES},
         "statuses": dict(Counter(r["status"] for r in result.records)),
-        "verification_rounds": work,
-        "model_passes": sum(1 + n * (2 if flip else 1) for n in work.values()),
-        "face_passes": sum(work.values()) if pipeline.face_finder is not None else 0,
+        "untouched": sum(1 for r in result.records if r.get("pixels_unchanged")),
+        "verification_rounds": {str(k): v for k, v in sorted(rounds.items())},
+        "calls": {Path(k).name: v for k, v in calls.items()},
+        "model_passes": pose,
+        "face_passes": sum(1 for cs in calls.values() for c in cs if c[0] == "face"),
+        "reused_passes": pipeline.detector.reused,
         "backend": pipeline.detector.backend, "model": pipeline.detector.name,
         "threads": pipeline.detector.threads,
     }
 
 
-def run_raw(folder: Path, model: str, rounds_file: Path | None) -> dict[str, Any]:
-    """(b) two passes per image; (b*) the model work (c) did on the image, replayed."""
+def replay_input(image: Any, shape: list[int]) -> Any:
+    """An array of ``shape`` cut from (or resized from) ``image``: the cost is the shape's."""
+    import cv2
+
+    height, width = shape[:2]
+    if image.shape[0] >= height and image.shape[1] >= width:
+        return image[:height, :width].copy()
+    return cv2.resize(image, (width, height))
+
+
+def run_raw(folder: Path, backend: str, calls_file: Path | None) -> dict[str, Any]:
+    """(b) two passes per image; (b*) every network call (c) made on the image, replayed."""
     import cv2
 
     from airflow_privacy.core.pipeline import Pipeline
-    from airflow_privacy.core.settings import RunSettings
 
     started = time.perf_counter()
-    pipeline = Pipeline(RunSettings().with_overrides(model=model))
+    pipeline = Pipeline(settings_for(backend)).load()
     detector, faces, v = pipeline.detector, pipeline.face_finder, pipeline.settings.verification
     d = pipeline.settings.detection
-    work = json.loads(rounds_file.read_text()) if rounds_file else {}
+    calls = json.loads(calls_file.read_text()) if calls_file else {}
     files = images_in(folder)
     detector.detect(cv2.imread(str(files[0])), confidence=d.confidence, flip=False)
     load_s = time.perf_counter() - started
     two = floor = two_cpu = floor_cpu = 0.0
-    passes = face_passes = 0
+    passes = face_passes = replayed = 0
     for path in files:
         image = cv2.imread(str(path))  # decoding is not model work: untimed
+        detector._memo.clear()  # (b) is two real passes, not one and a reuse
         clock, cpu = time.perf_counter(), time.process_time()
         detector.detect(image, confidence=d.confidence, flip=False)
         detector.detect(image, confidence=v.confidence, flip=False)
         two += time.perf_counter() - clock
         two_cpu += time.process_time() - cpu
-        if path.name in work:
-            clock, cpu = time.perf_counter(), time.process_time()
-            detector.detect(image, confidence=d.confidence, flip=d.flip)
-            for _ in range(work[path.name]):
-                detector.detect(image, confidence=v.confidence, flip=v.flip)
-                if faces is not None:
-                    faces.detect(image)
-            floor += time.perf_counter() - clock
-            floor_cpu += time.process_time() - cpu
-            passes += 1 + work[path.name] * (2 if v.flip else 1)
-            face_passes += work[path.name] if faces is not None else 0
+        if path.name not in calls:
+            continue
+        replayed += 1
+        inputs = [[replay_input(image, shape) for shape in call[1]] if call[0] == "pose"
+                  else replay_input(image, call[1]) for call in calls[path.name]]
+        clock, cpu = time.perf_counter(), time.process_time()
+        for call, arrays in zip(calls[path.name], inputs, strict=True):
+            if call[0] == "pose":
+                detector._predict(arrays, call[2], call[3])
+            elif faces is not None:
+                faces.run(arrays)
+        floor += time.perf_counter() - clock
+        floor_cpu += time.process_time() - cpu
+        passes += sum(len(call[1]) for call in calls[path.name] if call[0] == "pose")
+        face_passes += sum(1 for call in calls[path.name] if call[0] == "face")
     return {"images": len(files), "seconds": two, "load_s": load_s, "cpu_s": two_cpu,
             "model_passes": 2 * len(files),
-            "floor": {"images": len([f for f in files if f.name in work]), "seconds": floor,
-                      "cpu_s": floor_cpu, "model_passes": passes, "face_passes": face_passes},
+            "floor": {"images": replayed, "seconds": floor, "cpu_s": floor_cpu,
+                      "model_passes": passes, "face_passes": face_passes},
             "backend": detector.backend, "model": detector.name, "threads": detector.threads}
 
 
@@ -262,8 +326,8 @@ def variant_main(args: argparse.Namespace) -> int:
     elif args.variant == "pipeline":
         result = run_pipeline(folder, scratch, args.model, args.workers)
     else:
-        rounds = Path(args.variant_rounds) if args.variant_rounds else None
-        result = run_raw(folder, args.model, rounds)
+        calls = Path(args.variant_rounds) if args.variant_rounds else None
+        result = run_raw(folder, args.model, calls)
     result["peak_rss_mb"] = peak_rss_mb()
     Path(args.variant_out).write_text(json.dumps(result))
     return 0
@@ -322,7 +386,8 @@ def compare(name: str, files: list[Path], args: argparse.Namespace, work: Path) 
     seed = _total()
     backends: dict[str, dict[str, Any]] = {
         backend: {"variants": {v: _total() for v in ("raw", "floor", "pipeline")},
-                  "stages": Counter(), "statuses": Counter(), "face_passes": 0, "info": {}}
+                  "stages": Counter(), "statuses": Counter(), "rounds": Counter(),
+                  "face_passes": 0, "reused_passes": 0, "untouched": 0, "info": {}}
         for backend in args.backends
     }
     for index, folder in enumerate(folders):
@@ -331,17 +396,18 @@ def compare(name: str, files: list[Path], args: argparse.Namespace, work: Path) 
         _add(seed, part)
         line = [f"seed {rate(part)}"]
         for backend, acc in backends.items():
-            model = BACKEND_MODELS[backend]
-            c = spawn("pipeline", folder, scratch, args, model)
-            rounds = scratch / f"rounds-{backend}.json"
-            rounds.write_text(json.dumps(c["verification_rounds"]))
-            b = spawn("raw", folder, scratch, args, model, rounds)
+            c = spawn("pipeline", folder, scratch, args, backend)
+            calls = scratch / f"calls-{backend}.json"
+            calls.write_text(json.dumps(c["calls"]))
+            b = spawn("raw", folder, scratch, args, backend, calls)
             floor = {**b["floor"], "load_s": 0.0, "peak_rss_mb": b["peak_rss_mb"]}
             for variant, result in (("pipeline", c), ("raw", b), ("floor", floor)):
                 _add(acc["variants"][variant], result)
             acc["stages"].update(c["stages_ms"])
             acc["statuses"].update(c["statuses"])
-            acc["face_passes"] += c["face_passes"]
+            acc["rounds"].update(c["verification_rounds"])
+            for key in ("face_passes", "reused_passes", "untouched"):
+                acc[key] += c[key]
             acc["info"] = {k: c[k] for k in ("backend", "model", "threads")}
             line.append(f"{backend}: c {rate(c)} b {rate(b)} b* {rate(floor)}")
         shutil.rmtree(scratch, ignore_errors=True)
@@ -355,6 +421,8 @@ def compare(name: str, files: list[Path], args: argparse.Namespace, work: Path) 
         result["backends"][backend] = {
             **acc["info"], "workers": args.workers, "statuses": dict(acc["statuses"]),
             "face_passes_per_image": round(acc["face_passes"] / max(1, len(files)), 2),
+            "reused_passes": acc["reused_passes"], "untouched": acc["untouched"],
+            "verification_rounds": dict(acc["rounds"]),
             "stage_share": {k: round(acc["stages"][k] / stage_sum, 3) for k in STAGES},
             "variants": v,
             "ratios": {
@@ -374,11 +442,12 @@ def compare(name: str, files: list[Path], args: argparse.Namespace, work: Path) 
 def rss_scaling(sizes: list[int], sources: list[Path], args: argparse.Namespace,
                 work: Path) -> list[dict[str, Any]]:
     rows = []
-    model = BACKEND_MODELS[args.backends[0]]
+    backend = args.backends[0]
+    model = BACKEND_MODELS[backend]
     for size in sizes:
         folder = work / f"rss-{size}"
         synthesize(sources, size, folder, seed=size)
-        part = spawn("pipeline", folder, work / f"rss-{size}-run", args, model)
+        part = spawn("pipeline", folder, work / f"rss-{size}-run", args, backend)
         rows.append({"images": size, "model": model, "peak_rss_mb": part["peak_rss_mb"],
                      "images_per_s": rate(part), "statuses": part["statuses"]})
         print(f"  rss {size} images: peak {part['peak_rss_mb']} MB, {rate(part)} img/s", flush=True)
@@ -407,6 +476,8 @@ def print_table(name: str, result: dict[str, Any]) -> None:
         r = b["ratios"]
         print(f"{backend}: {b['model']}, {b['threads']} threads, {b['workers']} workers, "
               f"statuses {b['statuses']}, face passes/img {b['face_passes_per_image']}")
+        print(f"  untouched {b['untouched']}, plain passes reused {b['reused_passes']}, "
+              f"images by verification rounds {b['verification_rounds']}")
         print(f"  ratios (img/s): c/a {r['c_over_a']}  c/b {r['c_over_b']}  "
               f"c/b* {r['c_over_b_floor']}")
         print(f"  ratios (CPU):   c/a {r['cpu_c_over_a']}  c/b {r['cpu_c_over_b']}  "
@@ -443,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         return variant_main(args)
 
     from airflow_privacy.core.batch import DEFAULT_WORKERS
-    from airflow_privacy.core.detect import backend_of, cpu_budget
+    from airflow_privacy.core.detect import cpu_budget, runtime_model
     from airflow_privacy.core.models import resolve_model
     from airflow_privacy.core.settings import RunSettings
 
@@ -454,10 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown backend(s) {sorted(unknown)}; expected {sorted(BACKEND_MODELS)}")
     else:
-        default = resolve_model(RunSettings().detection.model)
-        args.backends = [backend_of(default)]
-    for model in {SEED_MODEL, *(BACKEND_MODELS[b] for b in args.backends)}:
-        resolve_model(model)  # fetched, checked, exported once here rather than in a variant
+        args.backends = [RunSettings().detection.backend]
+    for backend in args.backends:  # fetched, checked, exported once here, not in a variant
+        runtime_model(resolve_model(SEED_MODEL), backend)
     sources = source_images(args.dataset, args.limit)
     output: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "cpu_budget": cpu_budget(),

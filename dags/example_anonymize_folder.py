@@ -22,9 +22,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Asset, Param
 
+from airflow_privacy.operators.publish import release_uri
 from airflow_privacy.operators.task_group import anonymization_task_group
+from airflow_privacy.sensors import VerifiedReleaseSensor
 
 
 def _ultralytics_assets() -> str:
@@ -63,6 +65,18 @@ with DAG(
         settings={"anonymization": {"target": "{{ params.target }}",
                                     "method": "{{ params.method }}"}},
         policy="{{ params.policy }}",
-        aws_conn_id=os.environ.get("AIRFLOW_PRIVACY_DEMO_AWS_CONN_ID"),
+        aws_conn_id=os.environ.get("AIRFLOW_PRIVACY_DEMO_AWS_CONN_ID", "aws_default"),
         shard_size=1,
     )
+
+# The downstream side: a DAG scheduled on the default release's Asset (one event per
+# distinct release), which also checks the release against its manifest before reading it.
+with DAG(
+    dag_id="example_release_consumer",
+    description="Runs on each new verified release of example_anonymize_folder.",
+    schedule=[Asset(release_uri(f"{OUTPUT}/release"))],
+    catchup=False,
+    tags=["privacy", "example"],
+) as consumer:
+    VerifiedReleaseSensor(task_id="wait_for_verified_release", release=f"{OUTPUT}/release",
+                          report=f"{OUTPUT}/report", poke_interval=5, timeout=600)

@@ -88,6 +88,8 @@ with DAG(
                                 description="tolerated failed share under publish_passing"),
         "target": Param("person", enum=["person", "head"], description="what to hide"),
         "method": Param("blur", enum=["blur", "pixelate", "fill"], description="how to hide it"),
+        "cleanup": Param(True, type="boolean",
+                         description="remove the run's work data after a successful publish"),
     },
     doc_md=__doc__,
 ) as dag:
@@ -103,4 +105,5 @@ with DAG(
         policy="{{ params.policy }}",
         max_error_rate="{{ params.max_error_rate }}",
         release_alias="example_anonymize_s3_release",
+        cleanup="{{ params.cleanup }}",
     )

@@ -28,8 +28,8 @@ DAG_TEST = """
 import json, runpy, sys
 from datetime import datetime
 dag_file, dag_id, conf, logical = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-dag = runpy.run_path(dag_file)["dag"]
-assert dag.dag_id == dag_id, dag.dag_id
+found = runpy.run_path(dag_file)  # a file may hold several DAGs: take the one named
+dag = next(v for v in found.values() if getattr(v, "dag_id", None) == dag_id and hasattr(v, "test"))
 when = datetime.fromisoformat(logical) if logical else None
 kwargs = {"logical_date": when, "run_after": when} if when else {}
 run = dag.test(run_conf=conf, **kwargs)

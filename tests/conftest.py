@@ -38,9 +38,9 @@ def image_dataset(count: int) -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def models() -> Path:
     """The default weights in the model directory, fetched (offline) if missing."""
-    from airflow_privacy.core.models import KNOWN_MODELS, fetch_model, model_dir
+    from airflow_privacy.core.models import DEFAULT_MODELS, fetch_model, model_dir
 
-    for name in KNOWN_MODELS:
+    for name in DEFAULT_MODELS:
         fetch_model(name, offline=True)
     return model_dir()
 

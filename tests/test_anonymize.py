@@ -38,9 +38,28 @@ def test_retention_sees_an_untouched_and_a_weakly_blurred_region(texture):
     assert detail_retention(smooth, weak, BOX) > 0.5
 
 
+def _stripes(size: int, periods: int = 6) -> np.ndarray:
+    """Vertical stripes with ``periods`` cycles across ``size`` pixels: detail relative to size."""
+    x = np.arange(size)
+    row = np.where((x * periods // size) % 2 == 0, 30, 225).astype(np.uint8)
+    return np.repeat(np.repeat(row[None, :, None], size, 0), 3, 2).copy()
+
+
 def test_blur_strength_scales_with_region():
-    small = Blur().apply(np.full((50, 50, 3), 128, np.uint8), [(0, 0, 50, 50)])
-    assert small.shape == (50, 50, 3)
+    """The same person-sized detail is removed in a small and in a large region: the blur
+    radius grows with the region. A fixed kernel (the seed's 51x51) fails on the large one."""
+    retention = {}
+    for size in (60, 600):
+        image = _stripes(size)
+        box = (0, 0, size, size)
+        retention[size] = detail_retention(image, Blur().apply(image, [box]), box)
+    assert retention[600] < 0.1 and retention[60] < 0.1
+    assert abs(retention[600] - retention[60]) < 0.05
+    import cv2
+
+    image = _stripes(600)
+    fixed = cv2.GaussianBlur(image, (51, 51), 0)
+    assert detail_retention(image, fixed, (0, 0, 600, 600)) > 0.3  # the test can fail
 
 
 def test_empty_and_degenerate_regions_are_ignored(texture):

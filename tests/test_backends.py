@@ -68,7 +68,20 @@ def test_onnx_export_has_provenance_of_the_pinned_weights(onnx_model):
     assert resolve_model("yolo11n-pose.onnx") == onnx_model
 
 
-def test_onnx_backend_finds_the_same_people_as_the_pt(detector, onnx_model):
+@pytest.fixture(scope="session")
+def pt_detector(models):
+    return PersonDetector(PT, backend="pytorch")
+
+
+def test_the_default_runs_the_pinned_pt_as_its_onnx_export(detector, onnx_model):
+    from airflow_privacy.core.settings import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == PT and detector.backend == "onnx" and detector.path == onnx_model
+    assert detector.source_sha256 == registry.KNOWN_MODELS[PT].sha256 != detector.sha256
+
+
+def test_onnx_backend_finds_the_same_people_as_the_pt(pt_detector, onnx_model):
+    detector = pt_detector
     assert detector.backend == "pytorch"
     exported = PersonDetector(str(onnx_model))
     assert exported.backend == "onnx" and exported.name == "yolo11n-pose.onnx"
@@ -142,7 +155,48 @@ def test_backend_follows_the_model_path(tmp_path):
     assert backend_of(folder) == "openvino"
 
 
-def test_openvino_backend_finds_the_same_people_as_the_pt(detector, models):
+def test_a_plain_pass_on_the_same_pixels_is_reused_and_equals_a_fresh_one(detector):
+    """Verifying an untouched image reuses detection's pass: same people, one pass fewer."""
+    image = cv2.imread(str(SAMPLES / "bus.jpg"))
+    detector._memo.clear()
+    fresh = detector.detect(image, confidence=0.1, flip=True)
+    detector._memo.clear()
+    detector.detect(image, confidence=0.05, flip=False)  # detection's candidate pass
+    passes, reused = detector.passes, detector.reused
+    again = detector.detect(image.copy(), confidence=0.1, flip=True)
+    assert (detector.passes, detector.reused) == (passes + 1, reused + 1)  # the flip alone ran
+    assert [(p.box, p.confidence, p.head_box) for p in again] == [
+        (p.box, p.confidence, p.head_box) for p in fresh]
+    changed = image.copy()
+    changed[0, 0, 0] ^= 1  # one bit: another image, a new pass
+    detector.detect(changed, confidence=0.1, flip=False)
+    detector.detect(image, confidence=0.01, flip=False)  # lower than remembered: a new pass
+    assert detector.passes == passes + 3 and detector.reused == reused + 1
+
+
+def test_an_unknown_backend_is_refused(models):
+    from airflow_privacy.core.detect import runtime_model
+
+    with pytest.raises(ModelError, match="unknown backend"):
+        runtime_model(resolve_model(PT), "tensorrt")
+
+
+def test_the_face_model_refuses_a_gpu_it_cannot_use(models, monkeypatch):
+    import onnxruntime
+
+    from airflow_privacy.core.faces import CenterFace, execution_providers
+
+    assert execution_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ModelError, match=r"\[gpu\] extra"):
+        CenterFace(device="cuda:0")
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert execution_providers("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": "1"})
+
+
+def test_openvino_backend_finds_the_same_people_as_the_pt(pt_detector, models):
+    detector = pt_detector
     pytest.importorskip("openvino")
     exported = PersonDetector(str(export_model(PT, "openvino")))
     assert exported.backend == "openvino"

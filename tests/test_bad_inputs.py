@@ -284,10 +284,12 @@ def corpus_run(models, tmp_path_factory) -> CorpusRun:
 def test_every_input_has_one_record_and_the_batch_completes(corpus_run):
     corpus = build_corpus()
     assert corpus_run.exit_code == 3  # some rejected: "incomplete", not a failed run
-    assert sorted(corpus_run.records) == sorted([*corpus, "escape.jpg"])
+    # every listed file has a record: README.txt too, skipped as not an image
+    assert sorted(corpus_run.records) == sorted([*corpus, "escape.jpg", "README.txt"])
+    assert corpus_run.records["README.txt"]["error"]["code"] == "unsupported_format"
     summary = corpus_run.summary
-    assert summary["images"] == len(corpus) + 1
-    assert summary["errors"] == len(REJECTED) + 1  # + the escaping symlink
+    assert summary["images"] == len(corpus) + 2
+    assert summary["errors"] == len(REJECTED) + 2  # + the escaping symlink, + README.txt
     assert summary["verified"] == summary["published"] == len(PUBLISHED)
     assert summary["quarantined"] == 0 and summary["ignored"] == 1
     assert f"{len(PUBLISHED)} published" in corpus_run.stdout
@@ -296,7 +298,9 @@ def test_every_input_has_one_record_and_the_batch_completes(corpus_run):
 
 
 @pytest.mark.parametrize("name", REJECTED)
-def test_a_rejected_input_is_recorded_quarantined_and_not_published(corpus_run, name):
+def test_a_rejected_input_is_recorded_by_its_hash_and_not_published(corpus_run, name):
+    """Data minimisation: the manifest keeps the sha256; the source bytes are not copied
+    (``--keep-rejected-source`` keeps them: tests/test_compliance.py)."""
     case = build_corpus()[name]
     record = corpus_run.records[name]
     assert record["status"] == "error"
@@ -304,9 +308,8 @@ def test_a_rejected_input_is_recorded_quarantined_and_not_published(corpus_run, 
     assert record["error"]["message"]
     assert record["output_sha256"] is None
     assert record["input_sha256"] == sha256_bytes(case.data)
-    quarantined = corpus_run.report / "quarantine" / name
-    assert record["quarantine"] == str(quarantined)
-    assert quarantined.read_bytes() == case.data  # the source bytes, for review
+    assert record["quarantine"] is None
+    assert not (corpus_run.report / "quarantine" / name).exists()
     assert not (corpus_run.release / record["output_key"]).exists()
     assert not (corpus_run.release / name).exists()
 
@@ -439,7 +442,8 @@ def test_an_input_that_would_take_another_inputs_output_name_is_rejected(models,
                for line in (report / "manifest.jsonl").read_text().splitlines()}
     assert records["x.png"]["status"] == "verified"
     assert records["x.gif"]["error"]["code"] == "output_name_collision"
-    assert (report / "quarantine" / "x.gif").read_bytes() == gif
+    assert records["x.gif"]["input_sha256"] == sha256_bytes(gif)
+    assert not (report / "quarantine" / "x.gif").exists()  # hash only, by default
     assert released_files(release) == ["_SUCCESS", "x.png"]
     assert sha256_bytes((release / "x.png").read_bytes()) == records["x.png"]["output_sha256"]
 
@@ -529,6 +533,6 @@ def test_s3_keys_with_dotdot_are_refused_by_the_stages(pipeline, s3_client, s3_b
     assert {k.split("/", 1)[0] for k in keys} == {"src", "work", "report", "release"}
     ours = [k for k in keys if k not in uploads]
     assert not [k for k in ours if ".." in k.replace("\\", "/").split("/") or "//" in k]
-    assert body("work/quarantine/page.jpg") == uploads["src/page.jpg"]
+    assert "work/quarantine/page.jpg" not in keys  # a rejected input: only its sha256 is kept
     for key, data in uploads.items():  # the source is untouched
         assert body(key) == data

@@ -25,9 +25,12 @@ def test_all_published_exits_0_and_mirrors_the_layout(models, tmp_path):
     published = sorted(p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file())
     assert published == ["_SUCCESS", "day 1/cam-ä/bus.jpg", "zidane.jpg"]
     records = [json.loads(line) for line in (report / "manifest.jsonl").read_text().splitlines()]
-    assert [r["source"] for r in records] == ["day 1/cam-ä/bus.jpg", "zidane.jpg"]
+    # every listed file has a record: the text file too, skipped, saying what it is
+    assert [r["source"] for r in records] == ["day 1/cam-ä/bus.jpg", "notes.txt", "zidane.jpg"]
+    assert records[1]["error"]["code"] == "unsupported_format"
+    assert "plain text" in records[1]["error"]["message"]
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["images"] == 2 and summary["published"] == 2 and summary["ignored"] == 1
+    assert summary["images"] == 3 and summary["published"] == 2 and summary["ignored"] == 1
     assert summary["persons_detected"] >= 6
     assert summary["residual_detections"] == 0
     marker = json.loads((release / "_SUCCESS").read_text())
@@ -47,11 +50,11 @@ def test_a_bad_file_is_quarantined_and_exits_3(models, tmp_path):
 
     assert (release / "zidane.jpg").exists()
     assert not (release / "broken.jpg").exists()
-    assert (report / "quarantine" / "broken.jpg").read_bytes() == b"<html>this is a web page</html>"
+    assert not (report / "quarantine" / "broken.jpg").exists()  # data minimisation: hash only
     records = {json.loads(line)["source"]: json.loads(line)
                for line in (report / "manifest.jsonl").read_text().splitlines()}
     assert records["broken.jpg"]["status"] == "error"
-    assert records["broken.jpg"]["error"]["code"]
+    assert records["broken.jpg"]["error"]["code"] and records["broken.jpg"]["input_sha256"]
     assert records["zidane.jpg"]["status"] == "verified"
     summary = json.loads((report / "summary.json").read_text())
     assert summary["errors"] == 1 and summary["published"] == 1

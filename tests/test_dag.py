@@ -159,7 +159,7 @@ def test_stages_turn_a_bad_input_into_an_error_record(pipeline, sample_dir, tmp_
     by_source = {r["source"]: r for r in records}
     broken = by_source["broken.jpg"]
     assert broken["status"] == "error" and broken["error"]["code"]
-    assert broken["quarantine"] and Path(broken["quarantine"]).is_file()
+    assert broken["input_sha256"] and broken["quarantine"] is None  # hash only, by default
     assert set(broken) == set(by_source["zidane.jpg"])
     assert by_source["escape.jpg"]["error"]["code"] == "unsafe_path"
     assert by_source["zidane.jpg"]["status"] == "verified"
@@ -167,21 +167,22 @@ def test_stages_turn_a_bad_input_into_an_error_record(pipeline, sample_dir, tmp_
     assert validate_manifest(records, shards[0]["keys"], report=report, max_error_rate=0.7).success
 
 
-def test_list_shards_cuts_sorted_images_and_records_what_it_ignored(tmp_path):
-    from airflow_privacy.core.shards import PLAN, list_shards
+def test_list_shards_cuts_every_listed_key_and_records_what_it_skips(tmp_path):
+    from airflow_privacy.core.shards import PLAN, list_shards, load_shard
 
     for name in ("b.png", "a.jpg", "sub/c.jpeg", "notes.txt", ".hidden.jpg", "_SUCCESS"):
         (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "src" / name).write_bytes(b"x")
     source, work = open_storage(str(tmp_path / "src")), open_storage(str(tmp_path / "work"))
     shards = list_shards(source, 2, work=work)
-    assert shards == [
-        {"shard_id": "00000", "keys": ["a.jpg", "b.png"]},
-        {"shard_id": "00001", "keys": ["sub/c.jpeg"]},
-    ]
-    plan = json.loads(work.read_text(PLAN))
-    assert plan["shards"] == shards
-    assert sorted(plan["ignored"]) == [".hidden.jpg", "_SUCCESS", "notes.txt"]
+    # every listed key is an input; the ones not processed carry their skip reason
+    whole = [load_shard(work, shard) for shard in shards]
+    assert [shard["keys"] for shard in whole] == [
+        [".hidden.jpg", "_SUCCESS"], ["a.jpg", "b.png"], ["notes.txt", "sub/c.jpeg"]]
+    refused = {k: v[0] for shard in whole for k, v in (shard.get("refused") or {}).items()}
+    assert refused == {".hidden.jpg": "hidden_file", "_SUCCESS": "hidden_file",
+                       "notes.txt": "unsupported_format"}
+    assert work.exists(PLAN)
     assert list_shards(open_storage(str(tmp_path / "empty")), 2) == []
     with pytest.raises(ValueError):
         list_shards(source, 0)
@@ -259,7 +260,8 @@ def test_all_or_nothing_tolerates_no_failed_input_whatever_the_error_bound():
                           policy="all_or_nothing")
     assert failure.value.failed == [
         "every input is verified (policy all_or_nothing; error rate bound 0%): "
-        "expect_column_values_to_be_in_set on status, 1 unexpected (e.g. b.jpg)"]
+        "expect_column_values_to_be_between on failure_rate, "
+        "1 unexpected (e.g. 1 of 2 processed inputs failed (50.0%): b.jpg)"]
 
 
 def test_publish_is_idempotent_and_retracts_the_marker_of_another_manifest(tmp_path):

@@ -23,7 +23,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 DOCKER = PROJECT / "docker"
 COMPOSE_FILE = DOCKER / "docker-compose.yaml"
 AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler",
-                    "airflow-dag-processor", "airflow-worker")
+                    "airflow-dag-processor", "airflow-triggerer", "airflow-worker")
 # Wiring the system test sets per run (ports, paths, secrets); compose must set each of them.
 WIRING = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
           "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
@@ -60,6 +60,7 @@ def test_the_services_exist(compose):
         "airflow-apiserver": ["api-server"],
         "airflow-scheduler": ["scheduler"],
         "airflow-dag-processor": ["dag-processor"],
+        "airflow-triggerer": ["triggerer"],
         "airflow-worker": ["celery", "worker"],
     }
 

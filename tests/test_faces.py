@@ -8,7 +8,6 @@ faces stop being faces.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import cv2
@@ -18,7 +17,7 @@ import pytest
 from airflow_privacy.core.anonymize import Blur
 from airflow_privacy.core.faces import CenterFace, decode, dynamic_model_bytes, network_size
 from airflow_privacy.core.geometry import iou, non_max_suppression, pad_box
-from airflow_privacy.core.models import MODEL_DIR_ENV, ModelError, resolve_model
+from airflow_privacy.core.models import resolve_model
 
 
 def _assets() -> Path:
@@ -29,16 +28,10 @@ def _assets() -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _model_dir():
-    """Default to the shared test weights when the environment names none."""
-    with pytest.MonkeyPatch.context() as patch:
-        if MODEL_DIR_ENV not in os.environ and Path("/tmp/models/centerface.onnx").exists():
-            patch.setenv(MODEL_DIR_ENV, "/tmp/models")
-        try:
-            resolve_model("centerface.onnx")
-        except ModelError as exc:
-            pytest.skip(f"centerface weights unavailable: {exc}")
-        yield
+def _model_dir(models):
+    """The weights ``make`` fetched (the session's ``models`` fixture): a broken fetch must
+    fail these tests, never skip them."""
+    resolve_model("centerface.onnx")  # raises ModelError: missing, truncated or not pinned
 
 
 @pytest.fixture(scope="module")

@@ -189,8 +189,9 @@ def test_zero_byte_file():
          "unsupported_format", "SVG"),
         (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "not_an_image", "PDF"),
         (b"PK\x03\x04\x14\x00\x00\x00", "not_an_image", "ZIP"),
-        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "unsupported_format", "HEIC"),
-        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "unsupported_format", "AVIF"),
+        # HEIC and AVIF are decoded now: a bare header is a broken file of that format
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "corrupt", "HEIF"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "truncated", "AVIF"),
         (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", "not_an_image", "MP4"),
         (b"8BPS\x00\x01\x00\x00\x00\x00\x00\x00", "unsupported_format", "PSD"),
         (b"%!PS-Adobe-3.0 EPSF-3.0\n", "unsupported_format", "EPS"),
@@ -678,7 +679,7 @@ def test_outputs_carry_no_metadata(source, suffix):
 
 
 def test_encoding_to_an_unknown_format_is_a_rejection():
-    assert rejected_encode(quadrants(), ".heic").code == "encode_failed"
+    assert rejected_encode(quadrants(), ".jp2x").code == "encode_failed"
 
 
 def test_encoding_with_mismatched_alpha_is_a_rejection():

@@ -4,8 +4,9 @@ The same inputs go through ``airflow-privacy run`` and through the example
 folder DAG (detect, anonymize and verify as separate mapped tasks, records
 carried between them in the work location). Their manifests must be equal
 field by field, apart from timings and locations, and the published bytes
-identical: a person hidden, a person-free photo published untouched, a
-rejected input, a remediated one and an output-name collision included.
+identical (the CLI's release, the DAG's verified outputs awaiting publication):
+a person hidden, a person-free photo published untouched, a rejected input, a
+remediated one and an output-name collision included.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from airflow_privacy.cli import main
 from tests.airflow_env import DAGS, run_dag_test
 from tests.conftest import COCO, SAMPLES
 
-PERSON_FREE = "000000000009.jpg"  # bowls of food: a weak "person" candidate is dismissed
-REMEDIATED = "000000000036.jpg"  # verification finds and confirms someone detection missed
+PERSON_FREE = "000000000025.jpg"  # giraffes: weak "person" candidates are dismissed
+REMEDIATED = "000000000510.jpg"  # verification finds and confirms someone detection missed
 LOCATIONS = ("timings_ms", "quarantine")
 
 
@@ -34,6 +35,7 @@ def _inputs(source: Path) -> None:
     shutil.copy(COCO / "images" / PERSON_FREE, source / "food.jpg")
     shutil.copy(COCO / "images" / REMEDIATED, source / "remediated.jpg")
     (source / "broken.jpg").write_bytes(b"<html>not an image</html>")
+    (source / "notes.txt").write_text("not an image: recorded as skipped, never read as one")
     small = cv2.imread(str(COCO / "images" / PERSON_FREE))[::4, ::4]
     cv2.imwrite(str(source / "pic.png"), small)
     # A GIF is published as PNG, so pic.gif would take pic.png's name: refused, by both drivers.
@@ -62,21 +64,27 @@ def both_runs(airflow_home, models, tmp_path_factory) -> dict[str, Path]:
     run = run_dag_test(airflow_home, DAGS / "example_anonymize_folder.py",
                        "example_anonymize_folder",
                        {"source": str(source), "output": str(output), "policy": "publish_passing"})
-    assert run["state"] == "success", run["log"][-4000:]
+    # Two of six inputs rejected is over the gate's 10 % error bound, so the DAG stops at the
+    # gate and publishes nothing; the verified outputs wait in the run's staging area.
+    assert run["tasks"]["anonymize_people.validate_manifest[-1]"] == "failed", run["log"][-4000:]
+    verify_tasks = [state for task, state in run["tasks"].items() if ".verify[" in task]
+    assert verify_tasks and set(verify_tasks) == {"success"}
+    (staging,) = (output / "work").glob("*/staging")
     return {"cli_release": cli_release, "cli_report": cli_report,
-            "dag_release": output / "release", "dag_report": output / "report"}
+            "dag_staging": staging, "dag_report": output / "report"}
 
 
 def test_the_manifests_are_equal_field_by_field(both_runs):
     cli, dag = _manifest(both_runs["cli_report"]), _manifest(both_runs["dag_report"])
     assert sorted(cli) == sorted(dag) == sorted(
-        ["broken.jpg", "bus.jpg", "food.jpg", "pic.gif", "pic.png", "remediated.jpg"])
+        ["broken.jpg", "bus.jpg", "food.jpg", "notes.txt", "pic.gif", "pic.png",
+         "remediated.jpg"])
     for source in cli:
         assert cli[source] == dag[source], source
 
 
 def test_the_published_bytes_are_identical(both_runs):
-    cli, dag = _published(both_runs["cli_release"]), _published(both_runs["dag_release"])
+    cli, dag = _published(both_runs["cli_release"]), _published(both_runs["dag_staging"])
     assert sorted(cli) == sorted(dag) == ["bus.jpg", "food.jpg", "pic.png", "remediated.jpg"]
     assert cli == dag
 
@@ -86,6 +94,7 @@ def test_the_cases_are_the_ones_named(both_runs):
     records = _manifest(both_runs["cli_report"])
     assert records["broken.jpg"]["error"]["code"] == "not_an_image"
     assert records["pic.gif"]["error"]["code"] == "output_name_collision"
+    assert records["notes.txt"]["error"]["code"] == "unsupported_format"
     assert records["food.jpg"]["pixels_unchanged"] is True
     assert any(c["decision"] == "dismissed" for c in records["food.jpg"]["candidates"])
     assert records["bus.jpg"]["persons_detected"] >= 4

@@ -126,7 +126,8 @@ def _run_prefix(run_id: str) -> str:
 def dag_run(s3) -> dict[str, Any]:
     """The S3 example DAG, run once with dag.test() on the 40 images."""
     conf = _conf(s3["bucket"], shard_size=SHARD_SIZE, policy="publish_passing",
-                 max_error_rate=MAX_ERROR_RATE)
+                 max_error_rate=MAX_ERROR_RATE,
+                 cleanup=False)  # the killed-shard test seeds from this run's work data
     started = time.monotonic()
     result = run_dag_test(s3["env"], DAG_FILE, DAG_ID, conf, logical_date=LOGICAL_DATE)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -142,16 +143,20 @@ def dag_run(s3) -> dict[str, Any]:
 def test_the_sharded_dag_publishes_exactly_the_verified_images(s3, dag_run):
     client, bucket = s3["client"], s3["bucket"]
     assert dag_run["state"] == "success", dag_run["log"][-6000:]
-    assert set(dag_run["tasks"].values()) == {"success"}, dag_run["tasks"]
+    tasks = dict(dag_run["tasks"])
+    assert tasks.pop("anonymize_people.cleanup[-1]") == "skipped"  # kept: cleanup=False
+    assert set(tasks.values()) == {"success"}, dag_run["tasks"]
     for stage in STAGE_TASKS:  # one mapped task instance per shard
         assert sorted(t for t in dag_run["tasks"] if t.startswith(f"anonymize_people.{stage}[")) \
-            == [f"anonymize_people.{stage}[{i}]" for i in range(IMAGES // SHARD_SIZE)]
+            == [f"anonymize_people.{stage}[{i}]" for i in range(-(-(IMAGES + 1) // SHARD_SIZE))]
     shards = dag_run["xcoms"]["anonymize_people.list_shards[-1].return_value"]
-    assert [len(s["keys"]) for s in shards] == [SHARD_SIZE] * (IMAGES // SHARD_SIZE)
-    assert sorted(k for s in shards for k in s["keys"]) == sorted(s3["images"])
+    # every listed key is an input: the 40 images and README.txt (recorded, skipped)
+    assert sorted(k for s in shards for k in s["keys"]) == sorted([*s3["images"], "README.txt"])
 
     records = _records(client, bucket, f"{dag_run['report']}/manifest.jsonl")
-    assert sorted(r["source"] for r in records) == sorted(s3["images"])  # README.txt ignored
+    assert sorted(r["source"] for r in records) == sorted([*s3["images"], "README.txt"])
+    [readme] = [r for r in records if r["source"] == "README.txt"]
+    assert readme["error"]["code"] == "unsupported_format"
     verified = {r["output_key"]: r["output_sha256"] for r in records if r["status"] == "verified"}
     release = object_digests(client, bucket, "release")
     marker = json.loads(_read(client, bucket, "release/_SUCCESS"))
@@ -194,14 +199,17 @@ def test_rerunning_the_same_dag_run_skips_every_input_and_keeps_the_release(s3, 
     before = object_digests(client, bucket, "release")
     manifest = _read(client, bucket, f"{dag_run['report']}/manifest.jsonl")
     conf = _conf(bucket, shard_size=SHARD_SIZE, policy="publish_passing",
-                 max_error_rate=MAX_ERROR_RATE)
+                 max_error_rate=MAX_ERROR_RATE, cleanup=False)
     again = run_dag_test(s3["env"], DAG_FILE, DAG_ID, conf, logical_date=LOGICAL_DATE)
     assert again["run_id"] == dag_run["run_id"]
     assert again["state"] == "success", again["log"][-6000:]
+    shards = dag_run["xcoms"]["anonymize_people.list_shards[-1].return_value"]
     for stage in STAGE_TASKS:
-        for i in range(IMAGES // SHARD_SIZE):
+        for i, shard in enumerate(shards):
             result = again["xcoms"][f"anonymize_people.{stage}[{i}].return_value"]
-            assert (result["skipped"], result["computed"]) == (SHARD_SIZE, 0), (stage, result)
+            images = sum(key != "README.txt" for key in shard["keys"])  # a skip is re-recorded
+            assert (result["skipped"], result["computed"]) == (
+                images, len(shard["keys"]) - images), (stage, result)
     assert object_digests(client, bucket, "release") == before  # same keys, same bytes, no more
     # The reused records are the same records: the same manifest, hence the same _SUCCESS.
     assert _read(client, bucket, f"{dag_run['report']}/manifest.jsonl") == manifest

@@ -1,5 +1,7 @@
 """Verification's fail paths: what it must refuse, on real images with the real model."""
 
+from dataclasses import replace
+
 import cv2
 
 from airflow_privacy.core.batch import run_batch
@@ -57,14 +59,23 @@ def test_seed_blur_fails_verification_and_nothing_is_published(models, tmp_path,
     assert (tmp_path / "report" / "quarantine" / "bus.jpg").exists()
 
 
-def test_seed_blur_is_not_rescued_without_remediation_but_is_with_it(detector):
-    remediating = Pipeline(RunSettings(), method=SeedGaussianBlur(), detector=detector)
-    outcome = remediating.process("bus.jpg", (SAMPLES / "bus.jpg").read_bytes())
-    # Re-applying the same weak blur to what it finds cannot hide a large person:
-    # remediation is bounded and what still fails stays quarantined.
-    assert outcome.record["verification"]["remediation_rounds"] <= 2
-    if outcome.status == "verified":
-        assert outcome.record["verification"]["residuals"] == []
+def test_seed_blur_is_not_rescued_without_remediation_nor_with_it(detector):
+    """Remediation is bounded and real: without it nothing is re-anonymized; with it the
+    weak blur is applied again (fewer residuals) but a large person still shows, so the
+    image stays quarantined instead of being published."""
+    base = RunSettings()
+    outcomes = {}
+    for rounds in (0, 2):
+        settings = replace(base, verification=replace(base.verification,
+                                                      remediation_rounds=rounds))
+        pipeline = Pipeline(settings, method=SeedGaussianBlur(), detector=detector)
+        outcomes[rounds] = pipeline.process("bus.jpg", (SAMPLES / "bus.jpg").read_bytes())
+    without, with_ = outcomes[0].record["verification"], outcomes[2].record["verification"]
+    assert outcomes[0].status == "quarantined" and without["remediation_rounds"] == 0
+    assert len(without["residuals"]) >= 2
+    assert with_["remediation_rounds"] == 2
+    assert 1 <= len(with_["residuals"]) < len(without["residuals"])
+    assert outcomes[2].status == "quarantined" and outcomes[2].output is not None
 
 
 def test_planted_unanonymized_person_fails(pipeline):

@@ -1,7 +1,8 @@
-"""A whole batch in one process: what the CLI runs (and the bench measures).
+"""Driver 1, the CLI's: a whole batch in one process, the flow fused per image.
 
-Reads every image below the source root, processes each with the
-:class:`~airflow_privacy.core.pipeline.Pipeline`, stages verified outputs,
+Reads every input below the source root, runs every step of
+:mod:`airflow_privacy.core.flow` on each (:data:`~airflow_privacy.core.flow.ALL`,
+the same functions the Airflow stages run one group at a time), stages verified outputs,
 quarantines the rest with their reasons, writes the manifest, and only then
 publishes. A bad file never stops the batch; a storage outage does (it is
 retryable, and nothing has been published at that point).
@@ -23,16 +24,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_privacy.core import flow
-from airflow_privacy.core.inputs import list_inputs, read_input
+from airflow_privacy.core.inputs import list_inputs, read_input, skips
 from airflow_privacy.core.manifest import summarize, write_manifest, write_summary
 from airflow_privacy.core.naming import Namer, output_key, refusals
 from airflow_privacy.core.outcomes import settle
 from airflow_privacy.core.pipeline import Pipeline
 from airflow_privacy.core.publish import Policy, publish
-from airflow_privacy.core.report import write_report
+from airflow_privacy.core.report import run_identity, write_report
+from airflow_privacy.core.retention import Retention, expire_quarantine
 from airflow_privacy.core.status import Status
 from airflow_privacy.storage import Storage
 
@@ -50,7 +53,8 @@ class BatchResult:
 
     @property
     def all_published(self) -> bool:
-        return self.summary["published"] == self.summary["images"]
+        # files that are not images are recorded (``ignored``) but have nothing to publish
+        return self.summary["published"] == self.summary["images"] - self.summary["ignored"]
 
 
 def process_key(
@@ -73,20 +77,32 @@ def run_batch(
     progress: Callable[[Iterable[str]], Iterable[str]] | None = None,
     namer: Namer | None = None,
     workers: int = DEFAULT_WORKERS,
+    retention: Retention | None = None,
+    run: dict[str, Any] | None = None,
+    attestation_key: bytes | None = None,
+    attestation_key_id: str | None = None,
 ) -> BatchResult:
     """``namer``: publish under pseudonyms (:class:`~airflow_privacy.core.naming.Pseudonymizer`).
 
     ``workers``: images processed concurrently (1: strictly one after the other).
+    ``retention``: what is kept of rejected inputs and for how long quarantine is kept.
+    ``run``: the run's identity for the report (``started``/``ended`` are filled in when
+    missing); ``attestation_key`` signs ``attestation.json``.
     """
+    retention = retention or Retention()
+    run = dict(run or {})
+    run.setdefault("started", datetime.now(UTC).isoformat())
     started = time.perf_counter()
-    keys, ignored = list_inputs(source)
-    refused = refusals(keys, namer)
+    images, ignored = list_inputs(source)
+    keys = sorted(images + ignored)  # every listed key is an input with a record
+    refused = refusals(images, namer) | skips(ignored)
     staging = report.child(STAGING)
     quarantine = report.child(QUARANTINE)
 
     def one(key: str) -> dict[str, Any]:
         outcome = process_key(pipeline, source, key, output_key(key, namer), refused.get(key))
-        return settle(outcome, source, staging, quarantine)
+        return settle(outcome, source, staging, quarantine,
+                      keep_rejected_source=retention.keep_rejected_source)
 
     records = []
     for key, record in in_order(one, keys, workers=workers, progress=progress):
@@ -110,9 +126,13 @@ def run_batch(
         elapsed_s=round(elapsed, 2),
         images_per_second=round(len(records) / elapsed, 3) if elapsed > 0 else None,
         release=release.uri,
+        release_sha256=released["release_sha256"] if released["published"] else None,
     )
     write_summary(report, summary)
-    write_report(report, records, summary, release)
+    expire_quarantine(quarantine, retention.quarantine_days)
+    run.setdefault("ended", datetime.now(UTC).isoformat())
+    write_report(report, records, summary, release, run=run_identity(**run),
+                 retention=retention.to_dict(), key=attestation_key, key_id=attestation_key_id)
     return BatchResult(summary, records)
 
 

@@ -12,8 +12,8 @@ gets a decision and the evidence behind it:
 * **face**: the independent face model (run by verification anyway) finds a
   face inside it;
 * **confident**: its score is ``confident`` or more; at detection, also a box
-  at the detection threshold that touches the frame's edge (a person cut off
-  by the frame has no context to re-score a crop with);
+  at the detection threshold that touches the frame's edge without filling it
+  (a person cut off by the frame has no context to re-score a crop with);
 * **crop**: re-detected at ``crop_confidence`` or more on an upscaled crop of
   the box with context (a 40 px person becomes a 300 px one; a texture stays
   a texture). This is the evidence that separates people from look-alikes.
@@ -27,7 +27,7 @@ the rule is written once (:class:`Confirmer`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -90,11 +90,13 @@ class Confirmer:
         *,
         confident_at: float,
         keypoint_confidence: float,
+        keypointer: PersonDetector | None = None,
     ) -> None:
         self.detector = detector
         self.settings = settings
         self.confident_at = confident_at
         self.keypoint_confidence = keypoint_confidence
+        self.keypointer = keypointer  # a pose model, when the detector gives no keypoints
 
     def review(
         self,
@@ -111,6 +113,8 @@ class Confirmer:
         s = self.settings
         height, width = pixels.shape[:2]
         frame = float(width * height)
+        if self.keypointer is not None and people:
+            people = attach_keypoints(self.keypointer, pixels, people)
         candidates = [Candidate(person, stage) for person in people]
         undecided: list[Candidate] = []
         for candidate in candidates:
@@ -132,7 +136,7 @@ class Confirmer:
             elif person.confidence >= s.confident:
                 self._decide(candidate, CONFIRMED, f"confident ({person.confidence:.2f})")
             elif (stage == "detect" and person.confidence >= self.confident_at
-                  and _at_edge(person.box, width, height)):
+                  and share <= s.large_share and _at_edge(person.box, width, height)):
                 self._decide(candidate, CONFIRMED,
                              f"cut off by the frame's edge ({person.confidence:.2f})")
             else:
@@ -165,6 +169,21 @@ class Confirmer:
     @staticmethod
     def _decide(candidate: Candidate, decision: str, reason: str) -> None:
         candidate.decision, candidate.reason = decision, reason
+
+
+def attach_keypoints(
+    pose: PersonDetector, pixels: np.ndarray, people: Sequence[PersonDetection]
+) -> list[PersonDetection]:
+    """``people`` (from a detect-only model) with the keypoints and head box of the pose
+    model's best matching person (IoU >= 0.5); one pose pass for all of them."""
+    posed = pose.detect(pixels, confidence=CROP_FLOOR, flip=False)
+    out: list[PersonDetection] = []
+    for person in people:
+        match = max(posed, key=lambda p: iou(p.box, person.box), default=None)
+        if match is not None and iou(match.box, person.box) >= 0.5:
+            person = replace(person, keypoints=match.keypoints, head_box=match.head_box)
+        out.append(person)
+    return out
 
 
 def _at_edge(box: Box, width: int, height: int, margin: float = 2.0) -> bool:

@@ -16,11 +16,13 @@ ONNX Runtime about 4x slower than tuned (333 vs 86 ms per 640 px image).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import threading
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 FACE_KEYPOINTS = slice(0, 5)  # COCO: nose, left eye, right eye, left ear, right ear
 # COCO keypoint order with left and right swapped: what a mirrored image's keypoints mean.
 FLIP_ORDER = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+# Plain passes remembered for reuse (see PersonDetector.detect): a few images in flight.
+MEMO_ENTRIES = 8
+MAX_DETECTIONS = 300  # ultralytics' max_det: a pass that hit it may have dropped boxes
 
 
 @dataclass
@@ -91,6 +96,36 @@ def backend_of(path: Path) -> str:
     return "other"
 
 
+BACKENDS = ("pytorch", "onnx", "openvino")
+
+
+def runtime_model(weights: Path, backend: str | None) -> Path:
+    """The file that runs ``weights`` on ``backend``: the pinned ``.pt``'s checked export.
+
+    ``weights`` was already checked (:func:`resolve_model`). A known ``.pt``
+    on another backend runs as its export, made offline from those checked
+    weights and loaded only while its provenance record matches
+    (:func:`~airflow_privacy.core.models.ensure_export`), so the settings
+    keep naming the weights and only the runtime changes. Anything else (an
+    explicit export, custom weights, which cannot be exported under a pin)
+    runs on the backend its path implies.
+    """
+    if backend is None or backend == backend_of(weights):
+        return weights
+    if backend not in BACKENDS:
+        from airflow_privacy.core.models import ModelError
+
+        raise ModelError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    from airflow_privacy.core.models import KNOWN_MODELS, ensure_export
+
+    known = KNOWN_MODELS.get(weights.name)
+    if weights.suffix != ".pt" or known is None or backend == "pytorch":
+        log.info("%s runs on %s: only the pinned .pt models have exports",
+                 weights.name, backend_of(weights))
+        return weights
+    return ensure_export(weights.name, backend, weights.parent)
+
+
 def head_box(
     keypoints: np.ndarray, person: Box, min_confidence: float, width: int, height: int
 ) -> Box | None:
@@ -139,8 +174,9 @@ class PersonDetector:
         merge_iou: float = 0.6,
         device: str = "cpu",
         threads: int | None = None,
+        backend: str | None = None,
     ) -> None:
-        self.path = resolve_model(model, model_sha256)
+        self.path = runtime_model(resolve_model(model, model_sha256), backend)
         self.sha256 = model_digest(self.path)
         self.name = self.path.name
         # The weights an export was made from (checked by resolve_model), for the manifest:
@@ -152,6 +188,13 @@ class PersonDetector:
         # The predictor keeps per-call state and the runtimes' sessions are not all
         # re-entrant: one call at a time, while callers overlap everything else.
         self._lock = threading.Lock()
+        # Plain passes by (pixels digest, shape, size): a verification of pixels that
+        # detection already saw (an untouched image) reuses detection's pass, see detect().
+        self._memo: OrderedDict[tuple[str, tuple[int, ...], int],
+                                tuple[float, list[PersonDetection]]] = OrderedDict()
+        self._memo_lock = threading.Lock()
+        self.passes = 0  # model passes run (images through the network), for the benchmarks
+        self.reused = 0  # plain passes answered from the memo instead
         self.classes = list(classes)
         self.image_size = image_size
         self.keypoint_confidence = keypoint_confidence
@@ -168,6 +211,8 @@ class PersonDetector:
             from airflow_privacy.core.models import ModelError
 
             raise ModelError(f"cannot load model {self.path}: {exc}") from exc
+        # "pose" models give keypoints; a "detect" model needs a pose model beside it for them.
+        self.task = str(getattr(self._model, "task", "detect"))
         self._tune()
 
     def _tune(self) -> None:
@@ -237,24 +282,79 @@ class PersonDetector:
     def detect(
         self, pixels: np.ndarray, *, confidence: float, flip: bool, image_size: int | None = None
     ) -> list[PersonDetection]:
-        """All people at or above ``confidence``; with ``flip`` also on the mirrored image.
+        """All people above ``confidence``; with ``flip`` also on the mirrored image.
 
         ``image_size``: the model's input size for this call (default: the detector's).
+
+        The plain pass is remembered for the last few images: a later call on
+        pixels with the same digest, at the same size and a confidence at or
+        above the remembered one, takes the remembered people above its
+        confidence instead of running the model again (the same network on the
+        same pixels gives the same output; ultralytics' greedy NMS keeps a box
+        by the higher-scoring boxes alone, so the people above a higher
+        threshold are exactly the remembered ones above it). This is what lets
+        verification of an output whose pixels are the input's own skip the
+        pass that detection already ran on them; the flipped pass still runs.
         """
-        batch = [pixels, np.ascontiguousarray(pixels[:, ::-1])] if flip else [pixels]
-        with self._lock:
-            results = self._predict(batch, confidence, image_size)
-        found = [
-            person
-            for index, result in enumerate(results)
-            for person in self._people(result, pixels.shape[1], pixels.shape[0], index == 1)
-        ]
-        if flip and found:
-            keep = merge_duplicates([d.box for d in found], [d.confidence for d in found],
-                                    self.merge_iou)
-            found = [found[i] for i in keep]
+        size = image_size or self.image_size
+        height, width = pixels.shape[:2]
+        key = self._memo_key(pixels, size)
+        plain = self._recall(key, confidence)
+        mirrored = [np.ascontiguousarray(pixels[:, ::-1])] if flip else []
+        batch = ([pixels] if plain is None else []) + mirrored
+        results: list[Any] = []
+        if batch:
+            with self._lock:
+                results = self._predict(batch, confidence, size)
+                self.passes += len(batch)
+        if plain is None:
+            plain = self._people(results[0], width, height, False)
+            self._remember(key, confidence, plain)
+        found = list(plain)
+        if flip:
+            found += self._people(results[-1], width, height, True)
+            if found:
+                keep = merge_duplicates([d.box for d in found], [d.confidence for d in found],
+                                        self.merge_iou)
+                found = [found[i] for i in keep]
         found.sort(key=lambda d: -d.confidence)
         return found
+
+    @staticmethod
+    def _memo_key(pixels: np.ndarray, size: int) -> tuple[str, tuple[int, ...], int]:
+        digest = hashlib.sha256(memoryview(np.ascontiguousarray(pixels)).cast("B")).hexdigest()
+        return digest, tuple(pixels.shape), size
+
+    def _recall(
+        self, key: tuple[str, tuple[int, ...], int], confidence: float
+    ) -> list[PersonDetection] | None:
+        """The remembered plain pass's people above ``confidence``, if it covers that threshold.
+
+        Compared as ultralytics compares (a float32 score strictly above a
+        float32 threshold), so the subset is the one a fresh pass would return.
+        """
+        with self._memo_lock:
+            entry = self._memo.get(key)
+            if entry is None or entry[0] > confidence:
+                return None
+            self._memo.move_to_end(key)
+            self.reused += 1
+        threshold = np.float32(confidence)
+        return [replace(p) for p in entry[1] if np.float32(p.confidence) > threshold]
+
+    def _remember(
+        self, key: tuple[str, tuple[int, ...], int], confidence: float,
+        people: list[PersonDetection],
+    ) -> None:
+        if len(people) >= MAX_DETECTIONS:
+            return  # capped: a higher threshold might have kept boxes this pass dropped
+        with self._memo_lock:
+            known = self._memo.get(key)
+            if known is None or confidence < known[0]:
+                self._memo[key] = (confidence, [replace(p) for p in people])
+            self._memo.move_to_end(key)
+            while len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
 
     def detect_each(
         self, images: list[np.ndarray], *, confidence: float, image_size: int
@@ -264,6 +364,7 @@ class PersonDetector:
             return []
         with self._lock:
             results = self._predict(images, confidence, image_size)
+            self.passes += len(images)
         return [
             sorted(self._people(result, image.shape[1], image.shape[0], False),
                    key=lambda d: -d.confidence)

@@ -118,6 +118,29 @@ def network_size(width: int, height: int, input_size: int | None) -> tuple[int, 
     )
 
 
+def execution_providers(device: str) -> list[str | tuple[str, dict[str, str]]]:
+    """ONNX Runtime providers for ``device``: ``cpu``, or ``cuda``/``cuda:N``/``N`` (a GPU).
+
+    A GPU needs ONNX Runtime's CUDA provider (the ``[gpu]`` extra installs
+    ``onnxruntime-gpu``); asking for one that is not there is an error, not a
+    silent fall-back to the CPU: a GPU worker that verifies on its CPU would
+    only be slow, but the operator asked for something else.
+    """
+    device = str(device).strip().lower()
+    if device in ("", "cpu"):
+        return ["CPUExecutionProvider"]
+    index = device.split(":", 1)[1] if device.startswith("cuda:") else device
+    if device != "cuda" and not index.isdigit():
+        raise ModelError(f"unknown device {device!r}; expected cpu, cuda or cuda:N")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise ModelError(
+            f"device {device!r} needs ONNX Runtime's CUDA provider for the face model; "
+            "install the [gpu] extra (onnxruntime-gpu)"
+        )
+    options = {"device_id": index if index.isdigit() else "0"}
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
 class CenterFace:
     """Faces on BGR images, as ``[(box, confidence), ...]`` in image pixels.
 
@@ -135,6 +158,7 @@ class CenterFace:
         confidence: float = 0.5,
         input_size: int | None = 640,
         threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         if not 0.0 < confidence <= 1.0:
             raise ValueError(f"face confidence {confidence} is not in (0, 1]")
@@ -146,6 +170,7 @@ class CenterFace:
         self.confidence = confidence
         self.input_size = input_size
         self.threads = threads
+        self.providers = execution_providers(device)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         if threads is not None:
@@ -157,7 +182,7 @@ class CenterFace:
             self._session = onnxruntime.InferenceSession(
                 dynamic_model_bytes(self.path.read_bytes()),
                 sess_options=options,
-                providers=["CPUExecutionProvider"],
+                providers=self.providers,
             )
         except Exception as exc:  # corrupt or foreign file: protobuf, graph or I/O errors
             raise ModelError(f"cannot load face model {self.path}: {exc}") from exc

@@ -21,17 +21,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from airflow_privacy.core.detect import PersonDetection
-from airflow_privacy.core.images import DecodedImage, ImageRejected, sha256_bytes
+from airflow_privacy.core.images import (
+    DecodedImage,
+    ImageRejected,
+    decode_pixels,
+    output_format,
+    sha256_bytes,
+)
 from airflow_privacy.core.regions import Region, remediation_regions
 from airflow_privacy.core.status import Status
 from airflow_privacy.core.untouched import same_pixels, untouched_copy
+from airflow_privacy.core.video.formats import VIDEO, kind_of
 
 if TYPE_CHECKING:
     from airflow_privacy.core.pipeline import Pipeline
@@ -58,7 +65,6 @@ class ImageState:
     data: bytes | None = None
     image: DecodedImage | None = None
     output: bytes | None = None
-    people: list[PersonDetection] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -79,11 +85,12 @@ def begin(
 
     s = pipeline.settings
     record: dict[str, Any] = {
-        "source": key, "output_key": output_key, "status": None,
+        "source": key, "kind": kind_of(key), "output_key": output_key, "status": None,
         "input_sha256": None, "input_bytes": None, "output_sha256": None,
         "width": None, "height": None, "format": None, "decode_notes": [],
         "detections": [], "persons_detected": 0, "candidates": [], "regions": [],
-        "pixels_unchanged": None, "method": pipeline.method.describe(),
+        "pixels_unchanged": None, "output_format": output_format(output_key),
+        "method": pipeline.method.describe(),
         "target": s.anonymization.target, "verification": None,
         "model": None, "face_model": None, "package_version": __version__,
         "settings_key": s.key(), "metadata_stripped": None, "error": None,
@@ -112,7 +119,7 @@ def load(state: ImageState, data: bytes) -> None:
 def run(pipeline: Pipeline, state: ImageState, steps: Sequence[Step]) -> ImageState:
     """Run ``steps`` in order, timing each; a rejection ends the flow as an error record."""
     timings = state.record["timings_ms"]
-    for step in steps:
+    for step in steps_for(state.record, steps):
         if state.failed:
             break
         clock = time.perf_counter()
@@ -227,6 +234,22 @@ VERIFY: tuple[Step, ...] = (decode, verify)
 ALL: tuple[Step, ...] = (decode, find, anonymize, verify)
 
 
+def steps_for(record: dict[str, Any], group: Sequence[Step]) -> Sequence[Step]:
+    """The one dispatch point: a video's record runs the video steps of the same group.
+
+    Both drivers name image groups (:data:`FIND`, ...); a record whose ``kind``
+    (set at :func:`begin` from the input's name) is ``video`` runs
+    :mod:`airflow_privacy.core.video.steps` instead, with the same checkpoints.
+    """
+    if record.get("kind") != VIDEO:
+        return group
+    from airflow_privacy.core.video.steps import GROUPS
+
+    names = {FIND: "find", ANONYMIZE: "anonymize", VERIFY: "verify", ALL: "all"}
+    name = names.get(tuple(group))
+    return GROUPS[name] if name is not None else group  # explicit steps run as given
+
+
 def process(
     pipeline: Pipeline, key: str, data: bytes, output_key: str | None = None
 ) -> ImageOutcome:
@@ -268,6 +291,8 @@ def _person(entry: dict[str, Any]) -> PersonDetection:
 
 def _decode_output(output: bytes) -> np.ndarray:
     pixels = cv2.imdecode(np.frombuffer(output, np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None:
+        pixels = decode_pixels(output)  # HEIC, AVIF: formats OpenCV cannot read
     if pixels is None:
         raise ImageRejected("encode_failed", "the encoded output could not be decoded again")
     return pixels

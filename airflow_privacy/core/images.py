@@ -1,7 +1,9 @@
 """Decoding untrusted image bytes and encoding metadata-free outputs.
 
 Inputs are untrusted. A file's name says nothing about its content, so the first bytes decide
-which decoder runs, and only six well-understood formats are decoded at all: PIL can open dozens,
+which decoder runs, and only eight well-understood formats are decoded at all (the six classic
+ones, plus HEIC through pillow-heif and AVIF through Pillow's own plugin, the default formats of
+current phones): PIL can open dozens,
 some of which (EPS through Ghostscript, for one) should never see arbitrary bytes. Every input
 either decodes completely or is rejected with an :class:`ImageRejected` whose ``code`` is stable
 for the manifest and whose message says what was found. Nothing is half-decoded: a truncated
@@ -49,6 +51,7 @@ from PIL import (
 )
 
 from airflow_privacy.core.settings import DEFAULT_MAX_PIXELS  # largest accepted width x height
+from airflow_privacy.core.video.formats import VIDEO_OUTPUT, is_video_name
 from airflow_privacy.exceptions import ImageRejected
 
 MAX_JPEG_SCANS = 100
@@ -56,10 +59,45 @@ MAX_JPEG_SCANS = 100
 (about 1.6 ms per megapixel here), so 100 bounds a 50-megapixel JPEG to about ten seconds,
 where a crafted one with thousands of scans would take minutes."""
 
+def _heif_plugin() -> type[ImageFile.ImageFile] | None:
+    """pillow-heif's decoder class, or None where the package is missing."""
+    try:
+        from pillow_heif import as_plugin
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    return as_plugin.HeifImageFile
+
+
+def _heif_encoder() -> bool:
+    try:
+        import pillow_heif
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(pillow_heif.libheif_info().get("encoders", {}).get("x265"))
+
+
+def _avif_plugin() -> type[ImageFile.ImageFile] | None:
+    try:
+        from PIL import AvifImagePlugin, features
+    except ImportError:  # pragma: no cover - Pillow before 11.2
+        return None
+    return AvifImagePlugin.AvifImageFile if features.check_module("avif") else None
+
+
+_HEIF = _heif_plugin()
+_AVIF = _avif_plugin()
+# A format is published in its own format where an encoder is installed, else as JPEG; the
+# output key's suffix (and the record's ``output_format``) says which.
+HEIC_OUTPUT = ".heic" if _HEIF is not None and _heif_encoder() else ".jpg"
+AVIF_OUTPUT = ".avif" if _AVIF is not None else ".jpg"
+
 SUPPORTED_SUFFIXES = {
     ".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp",
     ".tif": ".tiff", ".tiff": ".tiff", ".bmp": ".bmp", ".gif": ".png",
+    ".heic": HEIC_OUTPUT, ".heif": HEIC_OUTPUT, ".avif": AVIF_OUTPUT,
 }
+OUTPUT_FORMATS = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tiff": "TIFF", ".bmp": "BMP",
+                  ".heic": "HEIF", ".avif": "AVIF", VIDEO_OUTPUT: "MP4"}
 
 # The decoders that may run, by the format name ``sniff_format`` returns. The plugin classes are
 # used directly (not ``Image.open``) so that no other PIL format is ever tried on the bytes and
@@ -73,6 +111,10 @@ _DECODERS: dict[str, type[ImageFile.ImageFile]] = {
     "WEBP": WebPImagePlugin.WebPImageFile,
     "BMP": BmpImagePlugin.BmpImageFile,
 }
+if _HEIF is not None:
+    _DECODERS["HEIF"] = _HEIF
+if _AVIF is not None:
+    _DECODERS["AVIF"] = _AVIF
 _SIGNATURES = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -147,13 +189,26 @@ def is_image_name(name: str) -> bool:
 
 def output_suffix(name: str) -> str:
     """The suffix an output is encoded with (same as the input where we can write it)."""
+    if is_video_name(name):
+        return VIDEO_OUTPUT  # every video is published as H.264 in MP4 (core/video)
     return SUPPORTED_SUFFIXES.get(PurePosixPath(name).suffix.lower(), ".png")
+
+
+def output_format(name: str) -> str:
+    """The format an output named ``name`` is encoded in (``JPEG``, ``HEIF``...)."""
+    return OUTPUT_FORMATS.get(output_suffix(name), "PNG")
 
 
 def sniff_format(data: bytes) -> str | None:
     """The decodable format of ``data`` judged from its content alone, or ``None``."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"avif", b"avis") and "AVIF" in _DECODERS:
+            return "AVIF"
+        if brand in _HEIF_BRANDS and "HEIF" in _DECODERS:
+            return "HEIF"
     for signature, name in _SIGNATURES:
         if data.startswith(signature):
             return name
@@ -190,6 +245,8 @@ def encode_image(pixels: np.ndarray, suffix: str, alpha: np.ndarray | None = Non
     Alpha is kept where the format can hold it (PNG, WebP, TIFF) and dropped otherwise.
     """
     suffix = suffix.lower()
+    if suffix in (".heic", ".heif", ".avif"):
+        return _encode_with_pillow(pixels, suffix, alpha)
     if alpha is not None and suffix in _ALPHA_SUFFIXES:
         if alpha.shape != pixels.shape[:2]:
             raise ImageRejected(
@@ -203,6 +260,31 @@ def encode_image(pixels: np.ndarray, suffix: str, alpha: np.ndarray | None = Non
     if not ok:
         raise ImageRejected("encode_failed", f"OpenCV could not encode a {suffix} image")
     return buffer.tobytes()
+
+
+def _encode_with_pillow(pixels: np.ndarray, suffix: str, alpha: np.ndarray | None) -> bytes:
+    """HEIC (pillow-heif) and AVIF (Pillow), which OpenCV cannot write; no metadata either."""
+    rgb = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    image = Image.fromarray(np.dstack([rgb, alpha]) if alpha is not None else rgb)
+    buffer = io.BytesIO()
+    try:  # a fresh Image from pixels carries no EXIF, XMP or ICC to write
+        if suffix == ".avif":
+            image.save(buffer, format="AVIF", quality=90)
+        else:
+            import pillow_heif
+
+            pillow_heif.from_pillow(image).save(buffer, quality=90)
+    except Exception as exc:  # no encoder, or it failed on these pixels
+        raise ImageRejected("encode_failed", f"cannot encode {suffix}: {exc}") from exc
+    return buffer.getvalue()
+
+
+def decode_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """BGR pixels of an encoded output OpenCV cannot read (HEIC, AVIF), or None."""
+    try:
+        return decode_image(data, max_pixels=max_pixels).pixels
+    except ImageRejected:
+        return None
 
 
 # -- decoding steps -------------------------------------------------------------------------------
@@ -347,37 +429,55 @@ def _container_longer_than(data: bytes, source_format: str) -> bool:
     return False
 
 
-def _unrecognised(data: bytes) -> ImageRejected:
-    """Say what the content is instead, when it is not one of the decodable formats."""
+def describe_content(data: bytes) -> str:
+    """What ``data`` is, judged from its content alone ("JPEG image data", "plain text"...).
+
+    For the manifest record of a file that is listed but not processed, so a
+    reader can tell an iPhone photo from a stray text file.
+    """
+    if not data:
+        return "an empty file"
+    found = sniff_format(data)
+    return f"{found} image data" if found else _content(data)[1]
+
+
+def _content(data: bytes) -> tuple[bool, str]:
+    """``(is_an_image, what)`` for content that is none of the decodable formats."""
     for prefix, what in _OTHER_IMAGES:
         if data.startswith(prefix):
-            return _unsupported(what)
+            return True, what
     if data[4:8] == b"ftyp":
         brand = data[8:12]
         if brand in (b"avif", b"avis"):
-            return _unsupported("an AVIF image")
+            return True, "an AVIF image"
         if brand in _HEIF_BRANDS:
-            return _unsupported("a HEIC/HEIF image")
-        return _not_an_image("an MP4/QuickTime media file")
+            return True, "a HEIC/HEIF image"
+        return False, "an MP4/QuickTime media file"
     for prefix, what in _NOT_IMAGES:
         if data.startswith(prefix):
-            return _not_an_image(what)
+            return False, what
     head = data[:1024].removeprefix(b"\xef\xbb\xbf").lstrip().lower()
     if all(byte >= 32 or byte in b"\t\n\r\f" for byte in head):
         if b"<svg" in head:
-            return _unsupported("an SVG (vector) image")
+            return True, "an SVG (vector) image"
         if head.startswith(b"<!doctype html") or b"<html" in head:
-            return _not_an_image("HTML")
+            return False, "HTML"
         if head.startswith(b"<"):
-            return _not_an_image("XML or other markup")
-        return _not_an_image("plain text")
-    return _not_an_image(f"unrecognised binary data starting {data[:8].hex(' ')}")
+            return False, "XML or other markup"
+        return False, "plain text"
+    return False, f"unrecognised binary data starting {data[:8].hex(' ')}"
+
+
+def _unrecognised(data: bytes) -> ImageRejected:
+    """Say what the content is instead, when it is not one of the decodable formats."""
+    image, what = _content(data)
+    return _unsupported(what) if image else _not_an_image(what)
 
 
 def _unsupported(what: str) -> ImageRejected:
     return ImageRejected(
         "unsupported_format",
-        f"the content is {what}; only JPEG, PNG, WebP, TIFF, BMP and GIF are decoded",
+        f"the content is {what}; only {', '.join(sorted(_DECODERS))} are decoded",
     )
 
 

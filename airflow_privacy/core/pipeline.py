@@ -62,6 +62,7 @@ class Pipeline:
         return PersonDetector(
             d.model, model_sha256=d.model_sha256, classes=d.classes, image_size=d.image_size,
             keypoint_confidence=d.keypoint_confidence, merge_iou=d.merge_iou, device=d.device,
+            backend=d.backend,
         )
 
     @cached_property
@@ -72,7 +73,19 @@ class Pipeline:
         from airflow_privacy.core.faces import CenterFace
 
         return CenterFace(v.face_model, confidence=v.face_confidence,
-                          input_size=v.face_input_size, threads=self.detector.threads)
+                          input_size=v.face_input_size, threads=self.detector.threads,
+                          device=self.settings.detection.device)
+
+    @cached_property
+    def keypointer(self) -> PersonDetector | None:
+        """The pose model beside a detect-only model (None when the detector gives keypoints)."""
+        if getattr(self.detector, "task", "pose") == "pose":
+            return None
+        from airflow_privacy.core.detect import PersonDetector
+
+        d = self.settings.detection
+        return PersonDetector(d.keypoint_model, image_size=d.image_size,
+                              keypoint_confidence=d.keypoint_confidence, device=d.device)
 
     @cached_property
     def confirmer(self) -> Confirmer:
@@ -80,7 +93,7 @@ class Pipeline:
 
         d = self.settings.detection
         return Confirmer(self.detector, self.settings.confirmation, confident_at=d.confidence,
-                         keypoint_confidence=d.keypoint_confidence)
+                         keypoint_confidence=d.keypoint_confidence, keypointer=self.keypointer)
 
     @cached_property
     def verifier(self) -> Verifier:
@@ -96,9 +109,12 @@ class Pipeline:
 
     def identity(self) -> dict[str, Any]:
         """The models as the manifest records them."""
-        face = self.face_finder
+        face, detector, pose = self.face_finder, self.detector, self.keypointer
+        keypoints = {"keypoints": {"name": pose.name, "sha256": pose.sha256}} if pose else {}
         return {
-            "model": {"name": self.detector.name, "sha256": self.detector.sha256},
+            "model": {"name": detector.name, "sha256": detector.sha256,
+                      "source_sha256": detector.source_sha256, "backend": detector.backend,
+                      **keypoints},
             "face_model": (
                 {"name": face.name, "sha256": getattr(face, "sha256", None)} if face else None
             ),

@@ -10,72 +10,129 @@ written last, so a consumer that sees it knows the release is complete.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any, Literal
 
 from airflow_privacy.core.images import sha256_bytes
-from airflow_privacy.core.status import Status
+from airflow_privacy.core.status import SKIPPED, Status
 from airflow_privacy.exceptions import PublishRefused
 from airflow_privacy.storage import Storage
 
 Policy = Literal["all_or_nothing", "publish_passing"]
 POLICIES = ("all_or_nothing", "publish_passing")
 SUCCESS_MARKER = "_SUCCESS"
+PUBLISH_WORKERS = 16  # parallel copies: object stores answer one request in ~10-50 ms
 
 
-def releasable(records: Sequence[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
+def releasable(records: Iterable[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
     """The records whose outputs may be released under ``policy``."""
+    records = list(records)
+    chosen, _, _ = plan_release(records, policy)
+    keys = set(chosen)
+    return [r for r in records if r["status"] == Status.VERIFIED and r.get("output_sha256")
+            and (r["output_key"], r["output_sha256"]) in keys]
+
+
+def plan_release(records: Iterable[dict[str, Any]],
+                 policy: Policy) -> tuple[list[tuple[str, str]], int, int]:
+    """``(output_key, output_sha256)`` of what may be released; verified and all records.
+
+    One pass over records of any number, keeping two short strings per verified
+    output (about 200 bytes each): a million-image release plans in ~200 MB.
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown publish policy {policy!r}; expected one of {POLICIES}")
-    verified = [r for r in records if r["status"] == Status.VERIFIED and r.get("output_sha256")]
-    if policy == "all_or_nothing" and len(verified) != len(records):
-        return []
-    return verified
+    chosen: list[tuple[str, str]] = []
+    processed = verified = total = 0
+    for r in records:
+        total += 1
+        # Listed files that are not images have a record but nothing to publish: no failure.
+        processed += (r.get("error") or {}).get("code") not in SKIPPED
+        if r["status"] == Status.VERIFIED:
+            verified += 1
+            if r.get("output_sha256"):
+                chosen.append((r["output_key"], r["output_sha256"]))
+    if policy == "all_or_nothing" and len(chosen) != processed:
+        return [], verified, total
+    return chosen, verified, total
 
 
 def publish(
-    records: Sequence[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
     staging: Storage,
     release: Storage,
     *,
     policy: Policy,
     manifest_sha256: str,
+    workers: int = PUBLISH_WORKERS,
 ) -> dict[str, Any]:
-    """Copy releasable outputs from ``staging`` to ``release``; returns what was released.
+    """Copy releasable outputs from ``staging`` to ``release``; returns what was released."""
+    chosen, verified, total = plan_release(records, policy)
+    return copy_release(chosen, verified, staging, release, policy=policy,
+                        manifest_sha256=manifest_sha256, empty=total == 0, workers=workers)
+
+
+def copy_release(
+    chosen: Sequence[tuple[str, str]],
+    verified: int,
+    staging: Storage,
+    release: Storage,
+    *,
+    policy: Policy,
+    manifest_sha256: str,
+    empty: bool = False,  # no record at all: an empty release is complete, so it gets a marker
+    workers: int = PUBLISH_WORKERS,
+) -> dict[str, Any]:
+    """Copy the planned outputs, ``workers`` at a time, then write ``_SUCCESS`` last.
 
     Staging then release: every staged object is re-hashed and must equal the
-    verified ``output_sha256`` before its bytes are written (atomically, so a
-    reader never sees part of an object). A ``_SUCCESS`` marker pinning another
-    manifest is removed before the release changes, and the new one is written
-    last, so a consumer that sees a marker sees the complete release it
-    describes. Idempotent: re-running with the same manifest writes the same
-    keys with the same bytes and the same marker; nothing is duplicated.
+    verified ``output_sha256`` before it is copied (:meth:`Storage.copy_checked`:
+    a server-side copy pinned to the hashed bytes on S3; an atomic write elsewhere,
+    so a reader never sees part of an object). Copies run in a thread pool, at most
+    ``4 * workers`` queued at a time; the first failure cancels the rest and fails
+    the publish before any marker is written. A ``_SUCCESS`` pinning another
+    manifest is removed before the release changes. Idempotent: re-running with
+    the same manifest writes the same keys with the same bytes and the same marker.
     """
-    chosen = releasable(records, policy)
     if chosen:
         _retract_other_marker(release, manifest_sha256)
-    released: list[tuple[str, str]] = []
-    for record in chosen:
-        key = record["output_key"]
-        data = staging.read(key)
-        if sha256_bytes(data) != record["output_sha256"]:
-            raise PublishRefused(
-                f"staged output {staging.uri_of(key)} does not match its verified sha256"
-            )
-        release.write(key, data)
-        released.append((key, record["output_sha256"]))
-    withheld = len([r for r in records if r["status"] == Status.VERIFIED]) - len(released)
+    _copy_all(chosen, staging, release, max(1, workers))
     marker = {
         "manifest_sha256": manifest_sha256,
-        "published": len(released),
-        "withheld": withheld,
+        "published": len(chosen),
+        "withheld": verified - len(chosen),
         "policy": policy,
         # sha256 over the sorted "key sha256" lines: what a consumer can check the release by
-        "release_sha256": release_digest(released),
+        "release_sha256": release_digest(chosen),
     }
-    if released or not records:
+    if chosen or empty:
         release.write_text(SUCCESS_MARKER, json.dumps(marker, sort_keys=True) + "\n")
-    return {**marker, "keys": [key for key, _ in released]}
+    return {**marker, "keys": [key for key, _ in chosen]}
+
+
+def _copy_all(chosen: Sequence[tuple[str, str]], staging: Storage, release: Storage,
+              workers: int) -> None:
+    def one(key: str, sha256: str) -> None:
+        if not staging.copy_checked(key, release, sha256):
+            raise PublishRefused(
+                f"staged output {staging.uri_of(key)} does not match its verified sha256")
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
+        pending: set[Future[None]] = set()
+        try:
+            for key, sha256 in chosen:
+                if len(pending) >= 4 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                pending.add(pool.submit(one, key, sha256))
+            for future in as_completed(pending):
+                future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
 
 def release_digest(objects: Sequence[tuple[str, str]]) -> str:

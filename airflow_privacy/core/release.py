@@ -7,24 +7,34 @@ it publishes from is exactly the one that was validated.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow_privacy.core.images import sha256_bytes
+from airflow_privacy.core.inputs import SKIPPED
 from airflow_privacy.core.manifest import (
     MANIFEST,
     SUMMARY,
     VALIDATION,
+    dumps_records,
     loads_records,
     summarize,
-    write_manifest,
     write_summary,
 )
-from airflow_privacy.core.publish import Policy, PublishRefused, publish
+from airflow_privacy.core.publish import (
+    SUCCESS_MARKER,
+    Policy,
+    PublishRefused,
+    copy_release,
+    plan_release,
+    release_digest,
+)
 from airflow_privacy.core.report import write_report_from
 from airflow_privacy.core.settings import RunSettings
-from airflow_privacy.core.shards import PLAN, RECORDS, STAGING, Shard, read_entries
+from airflow_privacy.core.shards import RECORDS, STAGING, Shard, load_shard, read_entries
+from airflow_privacy.core.status import Status
 from airflow_privacy.storage import Storage
 
 
@@ -35,30 +45,83 @@ def assemble_manifest(
     *,
     settings: dict[str, Any] | None = None,
     policy: Policy | None = None,
-) -> tuple[list[dict[str, Any]], str]:
+) -> tuple[ManifestRecords, str]:
     """Merge the shards' records into ``report/manifest.jsonl`` and ``summary.json``.
+
+    Streamed, one shard in memory at a time: the shards hold consecutive runs of
+    the sorted keys, so writing them in shard order gives the manifest sorted by
+    source (byte for byte what :func:`~airflow_privacy.core.manifest.write_manifest`
+    writes), and the summary is summed from each shard's totals. The returned
+    records are re-read from the shard files when iterated, never held.
 
     A shard without records raises (its verify task did not run), so a manifest
     is never written for part of the input. Publication facts are added to the
     summary by :func:`publish_release`.
     """
-    records = [r for shard in shards for r in read_entries(work, RECORDS, shard).values()]
-    manifest_sha256 = write_manifest(report, records)
-    ignored = json.loads(work.read_text(PLAN))["ignored"] if work.exists(PLAN) else []
+    ordered = sorted(shards, key=lambda shard: str(shard["shard_id"]))
+    records = ManifestRecords(work, ordered)
+    digest = hashlib.sha256()
+    totals: dict[str, Any] = {}
+    ignored = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal ignored
+        for part in records.parts():
+            data = dumps_records(part)
+            digest.update(data)
+            for key, value in summarize(part).items():
+                if isinstance(value, int):
+                    totals[key] = totals.get(key, 0) + value
+            ignored += sum((r["error"] or {}).get("code") in SKIPPED for r in part)
+            for record in part:
+                records.by_status[record["status"]] = records.by_status.get(record["status"], 0) + 1
+            yield data
+
+    report.write_stream(MANIFEST, chunks())
+    manifest_sha256 = digest.hexdigest()
     run = RunSettings.from_dict(settings or {})
-    summary = summarize(
-        records,
-        published=None,
-        withheld=None,
-        ignored=len(ignored),
-        policy=policy,
-        manifest_sha256=manifest_sha256,
-        settings=run.to_dict(),
-        settings_key=run.key(),
-        release=None,
-    )
+    summary = {
+        **totals,
+        "published": None, "withheld": None, "ignored": ignored, "policy": policy,
+        "manifest_sha256": manifest_sha256, "settings": run.to_dict(),
+        "settings_key": run.key(), "release": None,
+    }
     write_summary(report, summary)
     return records, manifest_sha256
+
+
+class ManifestRecords:
+    """The merged manifest's records, re-read shard by shard whenever they are iterated.
+
+    Sized and countable without holding a record: ``len()`` and ``by_status`` are
+    the merge's running totals. Indexing (small runs, tests) reads them all.
+    """
+
+    def __init__(self, work: Storage, shards: Sequence[Shard]) -> None:
+        self._work, self._shards = work, shards
+        self.by_status: dict[str, int] = {}
+
+    def parts(self) -> Iterator[list[dict[str, Any]]]:
+        """Each shard's records, sorted by source; shards must not overlap or go backwards."""
+        last: str | None = None
+        for shard in self._shards:
+            part = sorted(read_entries(self._work, RECORDS, load_shard(self._work, shard))
+                          .values(), key=lambda record: record["source"])
+            if part and last is not None and part[0]["source"] <= last:
+                raise RuntimeError(f"shard {shard['shard_id']} overlaps or precedes the one "
+                                   "before it: the shards are not one listing")
+            last = part[-1]["source"] if part else last
+            yield part
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for part in self.parts():
+            yield from part
+
+    def __len__(self) -> int:
+        return sum(self.by_status.values())
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return list(self)[index]
 
 
 def publish_release(
@@ -69,16 +132,31 @@ def publish_release(
     *,
     manifest_sha256: str | None = None,
     require_validation: bool = True,
+    **report_options: Any,
 ) -> dict[str, Any]:
     """Publish the staged outputs the manifest allows, after checking the gate held.
 
     Refuses (:class:`PublishRefused`) when the manifest is not the one that was
     validated (``manifest_sha256``, or the sha256 pinned in ``validation.json``),
     or when ``require_validation`` and the validation is missing or failed.
-    Staging is kept, so a retried publish gives the same release.
+    Staging is kept, so a retried publish gives the same release (the cleanup
+    task removes it afterwards). ``previous_release_sha256`` in the result is
+    the ``release_sha256`` of the ``_SUCCESS`` found before publishing: equal to
+    the new one when this publish changed nothing (a re-run), so no new Asset
+    event is due. ``report_options`` go to
+    :func:`~airflow_privacy.core.report.write_report` (run identity, retention, key).
     """
-    data = report.read(MANIFEST)
-    actual = sha256_bytes(data)
+    previous = read_marker(release)
+    digest = hashlib.sha256()
+
+    def streamed() -> Iterator[dict[str, Any]]:  # one pass: hashed and planned together
+        for line in report.read_lines(MANIFEST):
+            digest.update(line)
+            if line.strip():
+                yield json.loads(line)
+
+    chosen, verified, images = plan_release(streamed(), policy)
+    actual = digest.hexdigest()
     if manifest_sha256 and actual != manifest_sha256:
         raise PublishRefused(f"{report.uri_of(MANIFEST)} changed after it was validated")
     if require_validation:
@@ -89,14 +167,58 @@ def publish_release(
             raise PublishRefused(f"{report.uri_of(VALIDATION)} records a failed validation")
         if (validation.get("meta") or {}).get("manifest_sha256") != actual:
             raise PublishRefused(f"{report.uri_of(VALIDATION)} validated another manifest")
-    records = loads_records(data)
-    released = publish(records, work.child(STAGING), release, policy=policy,
-                       manifest_sha256=actual)
+    released = copy_release(chosen, verified, work.child(STAGING), release, policy=policy,
+                            manifest_sha256=actual, empty=images == 0)
     if report.exists(SUMMARY):
         summary = json.loads(report.read_text(SUMMARY))
         summary.update(published=released["published"], withheld=released["withheld"],
-                       policy=policy, release=release.uri)
+                       policy=policy, release=release.uri,
+                       release_sha256=released["release_sha256"] if released["published"]
+                       else None)
         write_summary(report, summary)
     return ({k: v for k, v in released.items() if k != "keys"}
-            | {"images": len(records), "release": release.uri,
-               "report": write_report_from(report, release)})
+            | {"images": images, "release": release.uri,
+               "previous_release_sha256": (previous or {}).get("release_sha256"),
+               "report": write_report_from(report, release, **report_options)})
+
+
+def read_marker(release: Storage) -> dict[str, Any] | None:
+    """The release's ``_SUCCESS`` marker as a dict, or None (absent or unreadable)."""
+    if not release.exists(SUCCESS_MARKER):
+        return None
+    try:
+        marker = json.loads(release.read_text(SUCCESS_MARKER))
+    except ValueError:
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def check_release(release: Storage, report: Storage | None = None) -> tuple[bool, str]:
+    """Whether ``release`` is a complete, verified release; and why not.
+
+    What a downstream consumer (:class:`~airflow_privacy.sensors.VerifiedReleaseSensor`)
+    waits for: a ``_SUCCESS`` marker whose ``release_sha256`` matches the objects now in
+    the release (every key and its bytes) and, given the ``report`` location, whose
+    ``manifest_sha256`` is the manifest's, in which every released object is a
+    verified output with that very sha256.
+    """
+    marker = read_marker(release)
+    if marker is None:
+        return False, f"no readable {SUCCESS_MARKER} in {release.uri}"
+    objects = [(key, sha256_bytes(release.read(key)))
+               for key in release.list() if key != SUCCESS_MARKER]
+    if release_digest(objects) != marker.get("release_sha256"):
+        return False, f"the objects in {release.uri} are not the release {SUCCESS_MARKER} describes"
+    if report is None:
+        return True, "the release matches its marker"
+    if not report.exists(MANIFEST):
+        return False, f"no manifest in {report.uri}"
+    data = report.read(MANIFEST)
+    if sha256_bytes(data) != marker.get("manifest_sha256"):
+        return False, f"{report.uri_of(MANIFEST)} is not the manifest {SUCCESS_MARKER} pins"
+    verified = {r["output_key"]: r["output_sha256"] for r in loads_records(data)
+                if r["status"] == Status.VERIFIED}
+    stray = [key for key, sha in objects if verified.get(key) != sha]
+    if stray:
+        return False, f"{len(stray)} released objects are not verified outputs, e.g. {stray[0]!r}"
+    return True, "the release matches its marker and its verified manifest"

@@ -16,13 +16,25 @@ from airflow_privacy.exceptions import SettingsError
 Target = Literal["person", "head"]
 MethodName = Literal["blur", "pixelate", "fill"]
 
-DEFAULT_MODEL = "yolo11n-pose.pt"
+DEFAULT_MODEL = "yolo11n-pose.pt"  # the pinned weights; DEFAULT_BACKEND says what runs them
+# ONNX Runtime: the same people as the .pt (tests/test_backends.py) at 1.27x its speed per
+# pass on 2 CPUs (bench/throughput.py); OpenVINO is not a dependency, INT8 moved people.
+DEFAULT_BACKEND = "onnx"
 DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb guard, checked from the header
 
 
 @dataclass(frozen=True)
 class DetectionSettings:
-    """How people are found on the input image."""
+    """How people are found on the input image.
+
+    ``model`` names the weights (pinned by sha256); ``backend`` the runtime that
+    runs them: ``onnx`` or ``openvino`` run the pinned ``.pt``'s export, made
+    offline from the checked ``.pt`` and recorded with it as its source in the
+    manifest. An explicit export path or custom weights run on the backend
+    their path implies. ``device`` (``cpu``, ``cuda:0``) reaches the detector
+    and the face model; on a GPU use ``backend="pytorch"``, or ``onnx`` with
+    the ``[gpu]`` extra (ONNX Runtime's CUDA provider).
+    """
 
     model: str = DEFAULT_MODEL
     model_sha256: str | None = None
@@ -32,7 +44,11 @@ class DetectionSettings:
     flip: bool = False
     merge_iou: float = 0.6
     keypoint_confidence: float = 0.5
+    # With a detect-only ``model`` (no keypoints, e.g. the official yolo11n.pt), this pose
+    # model supplies the keypoints that confirmation and the head target need.
+    keypoint_model: str = DEFAULT_MODEL
     device: str = "cpu"
+    backend: str = DEFAULT_BACKEND
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,7 @@ class AnonymizationSettings:
     target: Target = "person"
     method: MethodName = "blur"
     padding: float = 0.1
-    crowd_gap: float | None = 0.0  # 0: join only people whose boxes overlap; None: never
+    crowd_gap: float | None = 0.25  # None: never join neighbours into one region
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,27 @@ class ConfirmationSettings:
     face_max_share: float = 0.6  # a "face" filling most of the box is not inside a person
 
 
+@dataclass(frozen=True)
+class VideoSettings:
+    """How video inputs are handled (:mod:`airflow_privacy.core.video`).
+
+    ``hold_frames``: a confirmed track's region is kept this many frames before
+    its first and after its last detection (the person entering or leaving is
+    detected late); gaps inside a track are always filled. ``verify_stride``: 1
+    verifies every frame of the encoded output (the default); N checks every
+    Nth frame (faster, and the manifest says how many were checked).
+    ``keep_audio``: audio is dropped unless asked (voices are personal data).
+    ``crf``/``preset``: libx264's quality and speed for re-encoded outputs.
+    """
+
+    hold_frames: int = 5
+    track_buffer: int = 30  # frames a lost track is kept alive by the tracker
+    verify_stride: int = 1
+    keep_audio: bool = False
+    crf: int = 18
+    preset: str = "veryfast"
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "thorough": {
@@ -121,10 +158,13 @@ class RunSettings:
     anonymization: AnonymizationSettings = field(default_factory=AnonymizationSettings)
     verification: VerificationSettings = field(default_factory=VerificationSettings)
     confirmation: ConfirmationSettings = field(default_factory=ConfirmationSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def validate(self) -> RunSettings:
         d, a, v, c = self.detection, self.anonymization, self.verification, self.confirmation
+        if d.backend not in ("pytorch", "onnx", "openvino"):
+            raise SettingsError(f"unknown backend {d.backend!r}; expected pytorch, onnx, openvino")
         if a.target not in ("person", "head"):
             raise SettingsError(f"unknown target {a.target!r}; expected 'person' or 'head'")
         if a.method not in ("blur", "pixelate", "fill"):
@@ -162,6 +202,9 @@ class RunSettings:
             raise SettingsError("large_share and crop_confidence must be in (0, 1]")
         if c.large_min_keypoints < 0 or c.crop_size < 32 or c.crop_scale < 1.0:
             raise SettingsError("large_min_keypoints >= 0, crop_size >= 32, crop_scale >= 1")
+        vid = self.video
+        if vid.verify_stride < 1 or vid.hold_frames < 0 or not 0 <= vid.crf <= 51:
+            raise SettingsError("video: verify_stride >= 1, hold_frames >= 0, crf in [0, 51]")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +229,7 @@ class RunSettings:
             anonymization=build(AnonymizationSettings, top.pop("anonymization", None)),
             verification=build(VerificationSettings, top.pop("verification", None)),
             confirmation=build(ConfirmationSettings, top.pop("confirmation", None)),
+            video=build(VideoSettings, top.pop("video", None)),
             **top,
         ).validate()
 

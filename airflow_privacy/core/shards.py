@@ -2,7 +2,8 @@
 
 Nothing passes between stages except files below the ``work`` location::
 
-    plan.json                      the shards and the ignored keys (list_shards)
+    plan.json                      shard references, sizes, skipped keys (list_shards)
+    shards/{shard_id}.json         one shard's keys: the XCom carries only its reference
     detections/{shard_id}.jsonl    records after finding people (stage 1)
     anonymized/{shard_id}.jsonl    records after anonymizing (stage 2)
     candidates/{output_key}        the anonymized bytes awaiting verification
@@ -20,43 +21,121 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from airflow_privacy.core.images import sha256_bytes
-from airflow_privacy.core.inputs import list_inputs
+from airflow_privacy.core.inputs import list_inputs, skips
 from airflow_privacy.core.manifest import dumps_records, loads_records
 from airflow_privacy.core.naming import refusals
 from airflow_privacy.storage import Storage, StorageError, TransientStorageError
 
 PLAN = "plan.json"
+SHARDS = "shards"  # shards/{shard_id}.json: one shard's keys and refusals
 DETECTIONS, ANONYMIZED, RECORDS = "detections", "anonymized", "records"
 CANDIDATES, STAGING, QUARANTINE = "candidates", "staging", "quarantine"
+IGNORED_IN_PLAN = 1000  # plan.json names this many skipped keys (their records name all)
 
-Shard = dict[str, Any]  # {"shard_id": "00000", "keys": [...], "refused": {...}}: small, JSON
+# A shard is either whole, {"shard_id": "00000", "keys": [...], "refused": {...}}, or a
+# reference to its file in work, {"shard_id": "00000", "count": 16, "path": "shards/00000.json"}:
+# what the list task pushes to XCom, the same few bytes whatever the shard holds.
+Shard = dict[str, Any]
 
 
-def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None) -> list[Shard]:
-    """Split the source's images into shards of at most ``shard_size`` keys, in key order.
+def shard_size_for(count: int, shard_size: int, max_shards: int | None = None) -> int:
+    """``shard_size``, grown just enough that ``count`` inputs make at most ``max_shards``.
 
-    Shard ids are zero-padded positions, so a re-listing of unchanged input yields
-    the same shards. Inputs refused before reading (output-name collisions) are
-    named in their shard's ``refused``. With ``work``, the plan is kept there.
+    Airflow refuses to map a task over more than ``[core] max_map_length`` elements
+    (1,024 by default), so a run of 10^6 images at 16 per shard could not start; the
+    list task passes that limit here and gets bigger shards instead.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, not {shard_size}")
-    keys, ignored = list_inputs(source)
-    refused = refusals(keys)
+    if max_shards is not None and max_shards < 1:
+        raise ValueError(f"max_shards must be >= 1, not {max_shards}")
+    if max_shards is None or count <= shard_size * max_shards:
+        return shard_size
+    return -(-count // max_shards)
+
+
+def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None,
+                max_shards: int | None = None) -> list[Shard]:
+    """Split the source's inputs into whole shards of at most ``shard_size`` keys, in key order.
+
+    Shard ids are zero-padded positions, so a re-listing of unchanged input yields
+    the same shards. Inputs refused before reading (output-name collisions) are
+    named in their shard's ``refused``. ``max_shards`` grows the shard size so that
+    no more shards are made (:func:`shard_size_for`). With ``work``, each shard's
+    file and the plan are written there (:func:`plan_shards` returns only references).
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, not {shard_size}")
+    images, ignored = list_inputs(source)
+    keys = sorted(images + ignored)  # every listed key is an input with a record
+    refused = refusals(images) | skips(ignored)
+    size = shard_size_for(len(keys), shard_size, max_shards)
     shards = []
-    for i in range(0, len(keys), shard_size):
-        part = keys[i : i + shard_size]
-        shard: Shard = {"shard_id": f"{i // shard_size:05d}", "keys": part}
+    for i in range(0, len(keys), size):
+        part = keys[i : i + size]
+        shard: Shard = {"shard_id": f"{i // size:05d}", "keys": part}
         if mine := {k: list(refused[k]) for k in part if k in refused}:
             shard["refused"] = mine
         shards.append(shard)
     if work is not None:
-        plan = {"source": source.uri, "shards": shards, "ignored": ignored}
+        for shard in shards:
+            work.write_text(shard_path(shard), json.dumps(shard, sort_keys=True) + "\n")
+        plan = {"source": source.uri, "inputs": len(keys), "shard_size": size,
+                "requested_shard_size": shard_size, "max_shards": max_shards,
+                "shards": [reference(shard) for shard in shards],
+                "ignored_count": len(ignored), "ignored": sorted(ignored)[:IGNORED_IN_PLAN]}
         work.write_text(PLAN, json.dumps(plan, sort_keys=True) + "\n")
     return shards
+
+
+def plan_shards(source: Storage, work: Storage, shard_size: int, *,
+                max_shards: int | None = None) -> list[Shard]:
+    """:func:`list_shards` into ``work``, returning only the shards' references.
+
+    What the list task pushes to XCom: per shard its id, key count and file,
+    never a key, so the XCom is the same size for a thousand images or a million
+    (at most ``max_shards`` references).
+    """
+    return [reference(s) for s in list_shards(source, shard_size, work=work,
+                                              max_shards=max_shards)]
+
+
+def shard_path(shard: Shard) -> str:
+    return f"{SHARDS}/{shard['shard_id']}.json"
+
+
+def reference(shard: Shard) -> Shard:
+    """The small stand-in for a whole shard: id, key count, file below work."""
+    return {"shard_id": shard["shard_id"], "count": len(shard["keys"]), "path": shard_path(shard)}
+
+
+def load_shard(work: Storage, shard: Shard) -> Shard:
+    """The whole shard for ``shard``: itself if it holds its keys, else its file in ``work``.
+
+    The file is found by the shard id (never by a path from the XCom), and must
+    hold as many keys as the reference says, so a plan rewritten by another
+    listing is noticed instead of silently mixing two listings.
+    """
+    if "keys" in shard:
+        return shard
+    shard_id = str(shard["shard_id"])
+    if not shard_id.isdigit():
+        raise ValueError(f"not a shard id: {shard_id!r}")
+    whole = json.loads(work.read_text(shard_path({"shard_id": shard_id})))
+    if whole.get("shard_id") != shard_id or len(whole.get("keys", ())) != shard.get("count"):
+        raise RuntimeError(f"{work.uri_of(shard_path(whole))} is not the shard listed as "
+                           f"{shard_id} with {shard.get('count')} keys; list again")
+    return whole
+
+
+def shard_keys(work: Storage, shards: Iterable[Shard]) -> Iterator[str]:
+    """Every listed key, shard after shard (sorted, as listed), one shard in memory at a time."""
+    for shard in shards:
+        yield from load_shard(work, shard)["keys"]
 
 
 def refusal(shard: Shard, key: str) -> tuple[str, str] | None:

@@ -36,6 +36,7 @@ from airflow_privacy.core.shards import (
     holds,
     list_shards,
     load_checkpoints,
+    load_shard,
     read_entries,
     refusal,
     save_checkpoint,
@@ -70,6 +71,7 @@ def build_pipeline(settings: dict[str, Any] | None) -> Pipeline:
 
 def detect_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard) -> dict:
     """Decode, detect and confirm the people on each input (:data:`flow.FIND`)."""
+    shard = load_shard(work, shard)  # a reference from the XCom: the keys are in work
     done = load_checkpoints(work, DETECTIONS, shard)
     records, skipped = [], 0
     for key in shard["keys"]:
@@ -96,6 +98,7 @@ def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: S
 
     ``namer``: outputs are published under pseudonyms (the name is fixed here).
     """
+    shard = load_shard(work, shard)
     found = read_entries(work, DETECTIONS, shard)
     done = load_checkpoints(work, ANONYMIZED, shard)
     candidates = work.child(CANDIDATES)
@@ -121,16 +124,21 @@ def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: S
                    regions=sum(len(r["regions"]) for r in records))
 
 
-def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard) -> dict:
+def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard, *,
+                 quarantine: Storage | None = None, keep_rejected_source: bool = False) -> dict:
     """Verify each output (:data:`flow.VERIFY`) and settle it: staging or quarantine.
 
     Verified outputs go to ``staging``, the only place publishing reads from;
-    everything else to quarantine, exactly as in the fused batch.
+    everything else to ``quarantine`` (default ``{work}/quarantine``; the task
+    group puts it below the report, so cleaning the work location keeps it),
+    exactly as in the fused batch.
     """
+    shard = load_shard(work, shard)
     anonymized = read_entries(work, ANONYMIZED, shard)
     done = load_checkpoints(work, RECORDS, shard)
     candidates = work.child(CANDIDATES)
-    staging, quarantine = work.child(STAGING), work.child(QUARANTINE)
+    staging = work.child(STAGING)
+    quarantine = quarantine if quarantine is not None else work.child(QUARANTINE)
     records, skipped = [], 0
     for key in shard["keys"]:
         state = flow.ImageState(copy.deepcopy(anonymized[key]))
@@ -144,7 +152,8 @@ def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
         if not state.failed:
             state.output = _read_candidate(candidates, state)
         flow.run(pipeline, state, flow.VERIFY)
-        record = settle(state.outcome(), source, staging, quarantine)
+        record = settle(state.outcome(), source, staging, quarantine,
+                        keep_rejected_source=keep_rejected_source)
         unsafe = (record["error"] or {}).get("code") == "unsafe_path"
         if record["status"] != Status.VERIFIED and not unsafe:
             staging.delete(record["output_key"])  # an unsafe key has no safe output key

@@ -23,3 +23,9 @@ class Status(StrEnum):
     ERROR = "error"
     """Not processed at all: the input was rejected (undecodable, too large, unsafe
     name, name collision ...) and the record carries an error code and message."""
+
+
+#: Error codes of listed files that are recorded but never processed (not images, hidden
+#: files, markers): accounted for in the manifest, yet no failure of the anonymization, so
+#: they neither withhold an ``all_or_nothing`` release nor count toward the error rate.
+SKIPPED = ("unsupported_format", "hidden_file")

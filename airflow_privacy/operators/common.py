@@ -30,6 +30,50 @@ if TYPE_CHECKING:
     from airflow_privacy.storage import Storage
 
 
+AWS_CONN_ID = "aws_default"  # the Amazon provider's default, for every operator and the group
+
+
+def run_identity(context: Any) -> dict[str, Any]:
+    """The run's identity for the report, from the task context, as plain data for core."""
+    from datetime import UTC, datetime
+
+    from airflow_privacy.core.report import run_identity as identity
+
+    run, ti = context.get("dag_run"), context.get("ti")
+    run_type = getattr(run, "run_type", None)
+    user = getattr(run, "triggering_user_name", None)
+    trigger = getattr(run_type, "value", run_type)
+    return identity(
+        driver="airflow", dag_id=getattr(run, "dag_id", None), run_id=getattr(run, "run_id", None),
+        logical_date=getattr(run, "logical_date", None), started=getattr(run, "start_date", None),
+        ended=datetime.now(UTC), run_type=run_type,
+        triggered_by=f"{trigger} run by {user}" if user else trigger,
+        task_id=getattr(ti, "task_id", None), try_number=getattr(ti, "try_number", None),
+    )
+
+
+def attestation_key(conn_id: str | None) -> bytes | None:
+    """The attestation's HMAC key: the password of connection ``conn_id`` (None: unsigned).
+
+    A missing connection or a key under 16 bytes is a configuration error (no retry).
+    """
+    if not conn_id:
+        return None
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from airflow_privacy.exceptions import SettingsError
+
+    try:
+        secret = Connection.get(conn_id).password or ""
+    except AirflowNotFoundException as exc:
+        raise SettingsError(f"connection {conn_id!r} (the attestation key) is not defined") \
+            from exc
+    if len(secret.encode("utf-8")) < 16:
+        raise SettingsError(f"connection {conn_id!r}: the attestation key needs >= 16 bytes")
+    return secret.encode("utf-8")
+
+
 def open_locations(aws_conn_id: str | None, *uris: str) -> list[Storage]:
     """Storages for ``uris``; one S3 client, built from the connection, shared by all."""
     from airflow_privacy.storage import open_storage
@@ -115,7 +159,8 @@ class ShardOperator(LineageMixin, BaseOperator):
     :param work: the run's work location shared by the stages (templated)
     :param shard: one element of :class:`ListImageShardsOperator`'s output
     :param settings: ``RunSettings.to_dict()`` (or part of it); templated
-    :param aws_conn_id: connection for ``s3://`` locations; ``None``: boto3's default chain
+    :param aws_conn_id: connection for ``s3://`` locations (default ``aws_default``, as in the
+        Amazon provider); ``None``: boto3's default chain
     """
 
     template_fields: Sequence[str] = ("source", "work", "settings", "aws_conn_id")
@@ -130,7 +175,7 @@ class ShardOperator(LineageMixin, BaseOperator):
         work: str,
         shard: dict[str, Any],
         settings: dict[str, Any] | None = None,
-        aws_conn_id: str | None = None,
+        aws_conn_id: str | None = AWS_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -9,9 +9,12 @@ from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_privacy.operators.common import (
+    AWS_CONN_ID,
     LineageMixin,
+    attestation_key,
     fail_fast_unless_retryable,
     open_locations,
+    run_identity,
 )
 
 #: The counts from the publish result that go into the Asset event's ``extra``.
@@ -47,14 +50,20 @@ class PublishReleaseOperator(LineageMixin, BaseOperator):
     Under ``policy="all_or_nothing"`` (the default) one failed input releases
     nothing; ``publish_passing`` releases every verified output.
 
-    **Asset event.** The release location is declared as an outlet, so that
-    downstream DAGs can be scheduled on released data only: an ``Asset`` with the
-    release URI when ``release`` is not templated, else the ``AssetAlias``
-    ``release_alias`` (default ``{dag_id}_release``) that resolves, at run time,
-    to the Asset of the rendered URI. The event's ``extra`` holds the counts:
+    **Asset event: one per distinct release.** The outlet is the ``AssetAlias``
+    ``release_alias`` (default ``{dag_id}_release``), which resolves at run time to
+    the Asset of the rendered release URI (``s3://...`` as is, a path as ``file://``),
+    so downstream DAGs scheduled on that Asset run on released data only. An event
+    is added only when the release changed: a re-run that publishes identical bytes
+    (the same ``release_sha256`` as the ``_SUCCESS`` found before) adds none, so
+    downstream DAGs do not fire again on the same data. The event's ``extra`` holds
     ``images``, ``published``, ``withheld``, ``policy``, ``manifest_sha256``,
-    ``release_sha256``, ``release``. When nothing was released the task is
-    skipped, so no event is emitted. Pass ``outlets`` yourself to override.
+    ``release_sha256``, ``release``. When nothing was released the task is skipped.
+    Pass ``outlets`` yourself to override.
+
+    This task ends a successful run, so it writes the run's report and attestation
+    (kept per run under ``{report}/runs/<run id>/``), signed with the password of
+    ``attestation_conn_id`` when given.
 
     Returns ``{"images", "published", "withheld", "policy", "manifest_sha256",
     "release_sha256", "release"}``.
@@ -68,10 +77,12 @@ class PublishReleaseOperator(LineageMixin, BaseOperator):
     :param release_alias: the AssetAlias name used when ``release`` is templated
         (default ``{dag_id}_release``)
     :param aws_conn_id: connection for ``s3://`` locations (templated)
+    :param attestation_conn_id: connection whose password signs ``attestation.json``
+    :param retention: what is kept of personal data (recorded in the report)
     """
 
     template_fields: Sequence[str] = ("work", "report", "release", "policy", "manifest_sha256",
-                                      "aws_conn_id")
+                                      "aws_conn_id", "attestation_conn_id")
     ui_color = "#d5e8f5"
     lineage_inputs = ("work", "report")
     lineage_outputs = ("release",)
@@ -86,18 +97,20 @@ class PublishReleaseOperator(LineageMixin, BaseOperator):
         manifest_sha256: str | None = None,
         require_validation: bool = True,
         release_alias: str | None = None,
-        aws_conn_id: str | None = None,
+        aws_conn_id: str | None = AWS_CONN_ID,
+        attestation_conn_id: str | None = None,
+        retention: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         declare = "outlets" not in kwargs
         super().__init__(**kwargs)
-        if declare:
-            asset = release_asset(release)
-            if asset is None:
-                dag_id = getattr(self, "dag_id", None)
-                release_alias = release_alias or (
-                    f"{dag_id}_release" if dag_id else "airflow_privacy_release")
-            self.outlets = [asset if asset is not None else AssetAlias(release_alias)]
+        if declare:  # an alias, so that an event is added only for a new release
+            dag_id = getattr(self, "dag_id", None)
+            release_alias = release_alias or (
+                f"{dag_id}_release" if dag_id else "airflow_privacy_release")
+            self.outlets = [AssetAlias(release_alias)]
+        self.attestation_conn_id = attestation_conn_id
+        self.retention = retention
         self.work = work
         self.report = report
         self.release = release
@@ -118,13 +131,19 @@ class PublishReleaseOperator(LineageMixin, BaseOperator):
                 report, work, release, self.policy,  # type: ignore[arg-type]
                 manifest_sha256=self.manifest_sha256 or None,
                 require_validation=self.require_validation,
+                run=run_identity(context), retention=self.retention,
+                key=attestation_key(self.attestation_conn_id), key_id=self.attestation_conn_id,
             )
         self.log.info("published %s of %s to %s", result["published"],
                       result["published"] + result["withheld"], self.release)
         if not result["published"] and result["images"]:
             raise AirflowSkipException(
                 f"nothing released to {self.release} under policy {self.policy}")
-        self._emit_asset_event(context, result)
+        if result["release_sha256"] == result["previous_release_sha256"]:
+            self.log.info("the release is unchanged (release_sha256 %s): no new Asset event",
+                          result["release_sha256"])
+        else:
+            self._emit_asset_event(context, result)
         return result
 
     def _emit_asset_event(self, context: Any, result: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_privacy.operators.common import (
+    AWS_CONN_ID,
     LineageMixin,
     fail_fast_unless_retryable,
     open_locations,
@@ -15,15 +16,22 @@ from airflow_privacy.operators.common import (
 
 
 class ListImageShardsOperator(LineageMixin, BaseOperator):
-    """List the images below ``source`` and return them as shards for ``.expand(shard=...)``.
+    """List the images below ``source`` into shard files; return their references for ``.expand``.
 
-    Returns ``[{"shard_id": "00000", "keys": [...]}, ...]``: the keys are the
-    only per-image data in an XCom, bounded by ``shard_size`` per mapped task.
+    With ``work`` (as in the task group), each shard's keys go to
+    ``{work}/shards/{shard_id}.json`` and the XCom is ``[{"shard_id": "00000",
+    "count": 16, "path": "shards/00000.json"}, ...]``: no key, a few dozen bytes per
+    shard, at most ``[core] max_map_length`` shards, so its size does not grow with
+    the number of images. When ``shard_size`` would make more shards than Airflow
+    may map (``max_map_length``, 1,024 by default), shards are made bigger instead:
+    ``ceil(images / max_map_length)`` keys each (logged). Without ``work`` the
+    whole shards (keys included) are returned, for small ad-hoc use.
 
     :param source: folder or ``s3://`` prefix of the input images (templated)
-    :param work: where the plan (shards and ignored keys) is recorded (templated; optional)
+    :param work: where the shard files and the plan are written (templated; optional)
     :param shard_size: images per shard, i.e. per mapped task (templated, e.g.
         ``"{{ params.shard_size }}"``; rendered text is converted with ``int()``)
+    :param max_shards: most shards to make; default ``[core] max_map_length``
     :param aws_conn_id: connection for ``s3://`` locations (templated)
     """
 
@@ -38,22 +46,39 @@ class ListImageShardsOperator(LineageMixin, BaseOperator):
         source: str,
         work: str | None = None,
         shard_size: int | str = 16,
-        aws_conn_id: str | None = None,
+        max_shards: int | None = None,
+        aws_conn_id: str | None = AWS_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.work = work
         self.shard_size = shard_size
+        self.max_shards = max_shards
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from airflow_privacy.core.shards import list_shards
+        from airflow_privacy.core.shards import list_shards, plan_shards
 
+        limit = self.max_shards or max_map_length()
         uris = [self.source] + ([self.work] if self.work else [])
         with fail_fast_unless_retryable():
             source, *work = open_locations(self.aws_conn_id, *uris)
-            shards = list_shards(source, int(self.shard_size), work=work[0] if work else None)
-        self.log.info("%d images in %d shards below %s",
-                      sum(len(s["keys"]) for s in shards), len(shards), self.source)
+            if work:
+                shards = plan_shards(source, work[0], int(self.shard_size), max_shards=limit)
+            else:
+                shards = list_shards(source, int(self.shard_size), max_shards=limit)
+        images = sum(s["count"] if "count" in s else len(s["keys"]) for s in shards)
+        self.log.info("%d inputs in %d shards below %s", images, len(shards), self.source)
+        if shards and images > int(self.shard_size) * len(shards):
+            self.log.warning("shards hold up to %d inputs instead of shard_size %s: Airflow maps "
+                          "a task over at most %d elements ([core] max_map_length)",
+                          -(-images // len(shards)), self.shard_size, limit)
         return shards
+
+
+def max_map_length() -> int:
+    """Airflow's ``[core] max_map_length``: the most elements a task may be mapped over."""
+    from airflow.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)

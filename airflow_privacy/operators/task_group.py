@@ -12,12 +12,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import TaskGroup
 
+from airflow_privacy.core.retention import Retention
 from airflow_privacy.operators.anonymize import AnonymizePeopleOperator
+from airflow_privacy.operators.cleanup import CleanupRunOperator
+from airflow_privacy.operators.common import AWS_CONN_ID
 from airflow_privacy.operators.detect import DetectPeopleOperator
 from airflow_privacy.operators.publish import PublishReleaseOperator
 from airflow_privacy.operators.shards import ListImageShardsOperator
@@ -38,14 +42,20 @@ def anonymization_task_group(
     report: str,
     *,
     settings: Any = None,
-    aws_conn_id: str | None = None,
+    aws_conn_id: str | None = AWS_CONN_ID,
     shard_size: int | str = 16,
     policy: str = "all_or_nothing",
     max_error_rate: float | str = 0.1,
     release_alias: str | None = None,
     pseudonymize_conn_id: str | None = None,
     pseudonymize_variable: str | None = None,
+    retention: Retention | None = None,
+    attestation_conn_id: str | None = None,
+    cleanup: bool | str = True,
     group_id: str = "anonymize_people",
+    stage_queues: Mapping[str, str] | None = None,
+    stage_pools: Mapping[str, str] | None = None,
+    stage_executor_config: Mapping[str, dict[str, Any]] | None = None,
     **group_kwargs: Any,
 ) -> TaskGroup:
     """list -> detect -> anonymize -> verify (each mapped over shards) -> validate -> publish.
@@ -68,6 +78,22 @@ def anonymization_task_group(
     when ``release`` is templated), with the
     counts in the event's ``extra``.
 
+    ``stage_queues``, ``stage_pools`` and ``stage_executor_config`` route tasks by
+    their id in the group (``list_shards``, ``detect``, ``anonymize``, ``verify``,
+    ``validate_manifest``, ``publish``): e.g. ``stage_queues={"detect": "gpu",
+    "verify": "gpu"}`` sends the two model stages to Celery workers started with
+    ``celery worker -q gpu`` while listing, validation and publication stay on the
+    default queue. A task not named keeps Airflow's default; a name that is no
+    task of the group is an error (a typo would silently run a stage on the CPU).
+
+    Data minimisation (``retention``, a :class:`~airflow_privacy.core.retention.Retention`):
+    failed outputs are quarantined under ``{report}/quarantine``, rejected inputs leave only
+    their sha256 unless ``keep_rejected_source``, and with ``cleanup`` (default) a last task
+    removes the run's ``work`` location after a successful publish and deletes quarantined
+    objects older than ``quarantine_days`` (``cleanup`` may be a template, e.g.
+    ``"{{ params.cleanup }}"``). ``attestation_conn_id``: a connection whose
+    password signs the run's ``attestation.json``.
+
     Unless ``default_args`` say otherwise, every task is retried twice with
     exponential backoff: storage outages are transient, and retried shards
     only redo the inputs that had not finished.
@@ -77,33 +103,56 @@ def anonymization_task_group(
         group_kwargs["default_args"].setdefault(key, value)
     if hasattr(settings, "to_dict"):
         settings = settings.to_dict()
+    retention = retention or Retention()
+    quarantine = f"{report.rstrip('/')}/quarantine"
     locations = {"source": source, "work": work, "settings": settings,
                  "aws_conn_id": aws_conn_id}
+    routes = {"queue": dict(stage_queues or {}), "pool": dict(stage_pools or {}),
+              "executor_config": dict(stage_executor_config or {})}
+
+    def route(task_id: str) -> dict[str, Any]:
+        """The queue/pool/executor_config given for this task, and only those."""
+        return {kind: given[task_id] for kind, given in routes.items() if task_id in given}
+
     with TaskGroup(group_id=group_id, **group_kwargs) as group:
         shards = ListImageShardsOperator(task_id="list_shards", source=source, work=work,
-                                         shard_size=shard_size, aws_conn_id=aws_conn_id)
+                                         shard_size=shard_size, aws_conn_id=aws_conn_id,
+                                         **route("list_shards"))
         # One shard per mapped task; "{{ task.shard.shard_id }}" names the map index.
         naming = {"pseudonymize_conn_id": pseudonymize_conn_id,
                   "pseudonymize_variable": pseudonymize_variable}
         steps = [
             operator.partial(task_id=task_id, map_index_template="{{ task.shard.shard_id }}",
-                             **locations, **extra).expand(shard=shards.output)
+                             **locations, **extra, **route(task_id)).expand(shard=shards.output)
             for task_id, operator, extra in (
                 ("detect", DetectPeopleOperator, {}),
                 ("anonymize", AnonymizePeopleOperator, naming),
-                ("verify", VerifyAnonymizationOperator, {}),
+                ("verify", VerifyAnonymizationOperator,
+                 {"quarantine": quarantine,
+                  "keep_rejected_source": retention.keep_rejected_source}),
             )
         ]
         validate = ValidateManifestOperator(
             task_id="validate_manifest", work=work, report=report, shards=shards.output,
             settings=settings, max_error_rate=max_error_rate, policy=policy,
-            aws_conn_id=aws_conn_id,
+            aws_conn_id=aws_conn_id, attestation_conn_id=attestation_conn_id,
             multiple_outputs=True,  # so publish can pin the manifest_sha256 key alone
+            **route("validate_manifest"),
         )
         publish = PublishReleaseOperator(
             task_id="publish", work=work, report=report, release=release, policy=policy,
             manifest_sha256=validate.output["manifest_sha256"], release_alias=release_alias,
-            aws_conn_id=aws_conn_id,
+            aws_conn_id=aws_conn_id, attestation_conn_id=attestation_conn_id,
+            retention=retention.to_dict(), **route("publish"),
         )
         shards >> steps[0] >> steps[1] >> steps[2] >> validate >> publish
+        if cleanup:
+            publish >> CleanupRunOperator(
+                task_id="cleanup", work=work, quarantine=quarantine,
+                quarantine_days=retention.quarantine_days, aws_conn_id=aws_conn_id,
+                enabled=cleanup, **route("cleanup"))
+    tasks = {task_id.rsplit(".", 1)[-1] for task_id in group.children}
+    unknown = sorted({name for given in routes.values() for name in given} - tasks)
+    if unknown:
+        raise ValueError(f"no task {unknown} in {group_id!r} to route; its tasks: {sorted(tasks)}")
     return group

@@ -10,9 +10,12 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core.status import Status
 from airflow_privacy.operators.common import (
+    AWS_CONN_ID,
     LineageMixin,
+    attestation_key,
     fail_fast_unless_retryable,
     open_locations,
+    run_identity,
 )
 
 VALIDATION_XCOM = "validation_summary"
@@ -40,10 +43,14 @@ class ValidateManifestOperator(LineageMixin, BaseOperator):
     :param max_error_rate: largest tolerated fraction of rejected or quarantined inputs
     :param policy: the publish policy; ``all_or_nothing`` tolerates no failed input
     :param aws_conn_id: connection for ``s3://`` locations (templated)
+    :param attestation_conn_id: connection whose password signs ``attestation.json``
+
+    When the gate fails, this task ends the run, so it writes the run's report and
+    attestation (naming the failed expectations and the run's identity) before failing.
     """
 
     template_fields: Sequence[str] = ("work", "report", "shards", "settings", "max_error_rate",
-                                      "policy", "aws_conn_id")
+                                      "policy", "aws_conn_id", "attestation_conn_id")
     ui_color = "#d5f5e3"
     lineage_inputs = ("work",)
     lineage_outputs = ("report",)
@@ -57,7 +64,8 @@ class ValidateManifestOperator(LineageMixin, BaseOperator):
         settings: dict[str, Any] | None = None,
         max_error_rate: float | str = 0.1,
         policy: str = "all_or_nothing",
-        aws_conn_id: str | None = None,
+        aws_conn_id: str | None = AWS_CONN_ID,
+        attestation_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -68,15 +76,17 @@ class ValidateManifestOperator(LineageMixin, BaseOperator):
         self.max_error_rate = max_error_rate
         self.policy = policy
         self.aws_conn_id = aws_conn_id
+        self.attestation_conn_id = attestation_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_privacy.core.expectations import ManifestValidationError, validate_manifest
         from airflow_privacy.core.release import assemble_manifest
+        from airflow_privacy.core.shards import shard_keys
 
-        shards = list(self.shards)
-        inputs = [key for shard in shards for key in shard["keys"]]
+        shards = list(self.shards)  # references: the keys are read from work, shard by shard
         with fail_fast_unless_retryable():
             work, report = open_locations(self.aws_conn_id, self.work, self.report)
+            inputs = shard_keys(work, shards)
             records, manifest_sha256 = assemble_manifest(
                 work, report, shards, settings=self.settings,
                 policy=self.policy,  # type: ignore[arg-type]
@@ -91,8 +101,9 @@ class ValidateManifestOperator(LineageMixin, BaseOperator):
         if not result.success:
             error = ManifestValidationError(result.failed, result.path)
             self.log.error("%s", error)
+            self._report_stopped_run(context, report)
             raise AirflowFailException(str(error))
-        counts = {s.value: sum(r["status"] == s for r in records) for s in Status}
+        counts = {s.value: records.by_status.get(s.value, 0) for s in Status}  # running totals
         self.log.info("manifest %s valid: %s", manifest_sha256, counts)
         return {
             "manifest": report.uri_of("manifest.jsonl"),
@@ -103,3 +114,13 @@ class ValidateManifestOperator(LineageMixin, BaseOperator):
             "quarantined": counts[Status.QUARANTINED],
             "errors": counts[Status.ERROR],
         }
+
+    def _report_stopped_run(self, context: Any, report: Any) -> None:
+        """The run ends here: write its report (no release) before the task fails."""
+        from airflow_privacy.core.report import write_report_from
+
+        with fail_fast_unless_retryable():
+            uri = write_report_from(report, None, run=run_identity(context),
+                                    key=attestation_key(self.attestation_conn_id),
+                                    key_id=self.attestation_conn_id)
+        self.log.error("the quality gate stopped the run; report: %s", uri)

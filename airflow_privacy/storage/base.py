@@ -7,9 +7,13 @@ read or written outside a configured root.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import PurePosixPath
+from typing import BinaryIO
 
 from airflow_privacy.exceptions import StorageError, TransientStorageError, UnsafeKeyError
 
@@ -62,6 +66,59 @@ class Storage(ABC):
         """
         target = check_key(key if dest_key is None else dest_key)  # refuse before reading
         dest.write(target, self.read(key))
+
+    def copy_checked(self, key: str, dest: Storage, sha256: str,
+                     dest_key: str | None = None) -> bool:
+        """Copy ``key`` to ``dest`` only if its bytes hash to ``sha256``; False if they do not.
+
+        What publishing does per object: the staged bytes must be the verified ones.
+        Generic: read, hash, write. S3 overrides it with a server-side copy pinned
+        to the ETag of the bytes it hashed, so nothing is uploaded again.
+        """
+        target = check_key(key if dest_key is None else dest_key)
+        data = self.read(key)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return False
+        dest.write(target, data)
+        return True
+
+    def read_lines(self, key: str) -> Iterator[bytes]:
+        """The object's lines (with their ends): JSON Lines of any size in bounded memory.
+
+        Generic: the whole object, then split. Local folders and S3 stream.
+        """
+        yield from self.read(key).splitlines(keepends=True)
+
+    def write_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Write the concatenated ``chunks`` as one object, atomically, in bounded memory.
+
+        The chunks are spooled to a temporary file (a manifest of a million records
+        is gigabytes), which :meth:`write_file` then stores as one object.
+        """
+        with tempfile.TemporaryFile() as spool:
+            for chunk in chunks:
+                spool.write(chunk)
+            spool.seek(0)
+            self.write_file(key, spool)
+
+    def write_file(self, key: str, handle: BinaryIO) -> None:
+        """Store an open file's content under ``key`` (generic: read whole, :meth:`write`)."""
+        self.write(key, handle.read())
+
+    def modified(self, key: str) -> datetime:
+        """When ``key`` was last written (timezone-aware): what retention periods count from."""
+        raise StorageError(f"{type(self).__name__} cannot tell when {key!r} was written")
+
+    def clear(self) -> int:
+        """Delete every object below the root (the run's work data); returns how many.
+
+        Backends with directories also remove the emptied folders, so nothing of
+        the run is left at all.
+        """
+        keys = list(self.list())
+        for key in keys:
+            self.delete(key)
+        return len(keys)
 
     def uri_of(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{check_key(key)}"

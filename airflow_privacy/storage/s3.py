@@ -14,11 +14,13 @@ never credentials.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import mimetypes
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from datetime import datetime
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 from boto3.exceptions import S3UploadFailedError
@@ -270,6 +272,64 @@ class S3Storage(Storage):
                     Config=self._transfer_config,
                 )
 
+    def read_lines(self, key: str) -> Iterator[bytes]:
+        """The object's lines, streamed from ``get_object``'s body in 1 MiB chunks."""
+        full = self._key(key)
+        with self._errors("read", self.uri_of(key)):
+            body = self._client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            try:
+                rest = b""
+                for chunk in body.iter_chunks(chunk_size=1024 * 1024):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        yield line + b"\n"
+                if rest:
+                    yield rest
+            finally:
+                body.close()
+
+    def write_file(self, key: str, handle: BinaryIO) -> None:
+        """``upload_fileobj`` from an open file: multipart above the threshold; atomic."""
+        full = self._key(key)
+        content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        with self._errors("write", self.uri_of(key)):
+            self._client.upload_fileobj(handle, self.bucket, full,
+                                        ExtraArgs={"ContentType": content_type},
+                                        Config=self._transfer_config)
+
+    def copy_checked(self, key: str, dest: Storage, sha256: str,
+                     dest_key: str | None = None) -> bool:
+        """Hash the object, then copy it server-side only if it is still those bytes.
+
+        ``copy_object`` with ``CopySourceIfMatch`` (the ETag of the bytes that were
+        hashed): a staged object replaced in between fails the copy instead of
+        publishing unverified bytes. The bytes are downloaded once (to hash them) and
+        never uploaded again. Other destinations: the generic read, hash, write.
+        """
+        target_key = key if dest_key is None else dest_key
+        if not isinstance(dest, S3Storage) or dest.client is not self._client:
+            return super().copy_checked(key, dest, sha256, target_key)
+        source, destination = self._key(key), dest._key(target_key)
+        with self._errors("read", self.uri_of(key)):
+            response = self._client.get_object(Bucket=self.bucket, Key=source)
+            body = response["Body"]
+            digest = hashlib.sha256()
+            try:
+                for chunk in body.iter_chunks(chunk_size=1024 * 1024):
+                    digest.update(chunk)
+            finally:
+                body.close()
+        if digest.hexdigest() != sha256:
+            return False
+        if (self.bucket, source) == (dest.bucket, destination):
+            return True  # already in place (S3 refuses copying an object onto itself)
+        with self._errors("copy", f"{self.uri_of(key)} to {dest.uri_of(target_key)}"):
+            self._client.copy_object(
+                CopySource={"Bucket": self.bucket, "Key": source}, Bucket=dest.bucket,
+                Key=destination, CopySourceIfMatch=response["ETag"])
+        return True
+
     def exists(self, key: str) -> bool:
         full = self._key(key)
         try:
@@ -281,6 +341,11 @@ class S3Storage(Storage):
                 return False
             raise
         return True
+
+    def modified(self, key: str) -> datetime:
+        with self._errors("check", self.uri_of(key)):
+            head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return head["LastModified"]
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing object is not an error (as for local storage)."""

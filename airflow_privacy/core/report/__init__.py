@@ -20,30 +20,41 @@ Three rules shape it:
   characters (newlines, bidi overrides) are shown as visible escapes so a name
   cannot pretend to be another.
 * **Same inputs, same bytes.** Records are sorted by source, nothing reads a
-  clock, and thumbnails are encoded deterministically, so a report can be
-  diffed and hashed like the manifest.
+  clock (the run's start and end come in with its identity), and thumbnails
+  are encoded deterministically, so a report can be diffed and hashed like the
+  manifest.
+
+It opens with what happened to people in plain language (:mod:`.story`), then
+the run's identity and provenance, then the technical evidence. An
+``attestation.json`` beside it (:mod:`.attestation`) binds the hashes together
+and can be HMAC-signed; both are kept per run (:mod:`.writer`).
 """
 
-from airflow_privacy.core.report.render import (
-    HISTOGRAM_BINS,
-    REPORT,
-    render_report,
-    write_report,
-    write_report_from,
-)
+from airflow_privacy.core.report.attestation import verify_attestation
+from airflow_privacy.core.report.render import HISTOGRAM_BINS, render_report
+from airflow_privacy.core.report.story import run_identity
 from airflow_privacy.core.report.thumbnails import (
     REGION_COLOR,
     REMEDIATION_COLOR,
     THUMBNAIL_QUALITY,
 )
+from airflow_privacy.core.report.writer import (
+    ATTESTATION,
+    REPORT,
+    write_report,
+    write_report_from,
+)
 
 __all__ = [
+    "ATTESTATION",
     "HISTOGRAM_BINS",
     "REGION_COLOR",
     "REMEDIATION_COLOR",
     "REPORT",
     "THUMBNAIL_QUALITY",
     "render_report",
+    "run_identity",
+    "verify_attestation",
     "write_report",
     "write_report_from",
 ]

@@ -18,68 +18,41 @@ from typing import Any
 
 import jinja2
 
-from airflow_privacy.core.manifest import SUMMARY, VALIDATION, read_manifest
+from airflow_privacy.core.manifest import VALIDATION
 from airflow_privacy.core.publish import POLICIES, releasable
+from airflow_privacy.core.report.story import plain_summary
 from airflow_privacy.core.report.thumbnails import thumbnail
-from airflow_privacy.storage import Storage, StorageError
+from airflow_privacy.storage import Storage
 
-REPORT = "report.html"
 HISTOGRAM_BINS = 10
 TEMPLATE = "report.html.j2"
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}  # control characters shown by name
 
 
-def write_report(
-    report: Storage,
-    records: Sequence[dict[str, Any]],
-    summary: dict[str, Any],
-    release: Storage,
-    *,
-    max_thumbnails: int = 200,
-    thumbnail_size: int = 256,
-) -> str:
-    """Write ``report.html`` beside the manifest in ``report``; returns its URI.
-
-    ``records`` and ``summary`` are what :mod:`~airflow_privacy.core.manifest`
-    wrote. ``validation.json`` is read from ``report`` when present. Thumbnails
-    (at most ``max_thumbnails``, longer side ``thumbnail_size``) come from
-    ``release`` only. A thumbnail that cannot be made (object missing or
-    changed, undecodable) is replaced by a note rather than failing the run:
-    the report describes a release that already happened.
-    """
-    page = render_report(
-        records, summary, release, validation=_read_validation(report),
-        max_thumbnails=max_thumbnails, thumbnail_size=thumbnail_size,
-    )
-    report.write(REPORT, page.encode("utf-8"))
-    return report.uri_of(REPORT)
-
-
-def write_report_from(report: Storage, release: Storage, **options: Any) -> str:
-    """:func:`write_report` from the ``manifest.jsonl`` and ``summary.json`` in ``report``.
-
-    For callers that hold locations rather than records, such as the Airflow
-    publish task, where the summary is only complete after publication.
-    """
-    summary = json.loads(report.read_text(SUMMARY)) if report.exists(SUMMARY) else {}
-    return write_report(report, read_manifest(report), summary, release, **options)
-
-
 def render_report(
     records: Sequence[dict[str, Any]],
     summary: dict[str, Any],
-    release: Storage,
+    release: Storage | None,
     *,
     validation: dict[str, Any] | None = None,
     max_thumbnails: int = 200,
     thumbnail_size: int = 256,
+    run: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> str:
-    """The page as text; :func:`write_report` stores it. Split out for tests and previews."""
+    """The page as text; :func:`~.writer.write_report` stores it. Split out for tests.
+
+    ``run``: the run's identity (:func:`~.story.run_identity`); ``provenance``:
+    versions, model pins, settings, retention and hashes, shown as technical evidence.
+    """
     if thumbnail_size < 16:
         raise ValueError(f"thumbnail_size must be >= 16, not {thumbnail_size}")
     ordered = sorted(records, key=lambda r: str(r.get("source")))
     published = _published(ordered, summary)
     context = {  # plain data only: every bit of markup is the template's
+        "story": plain_summary(ordered, summary),
+        "run": [{"key": k, "value": v} for k, v in (run or {}).items() if v is not None],
+        "provenance": [{"key": k, "value": _as_text(v)} for k, v in (provenance or {}).items()],
         "totals": _totals(ordered, summary),
         "verification": _verification(ordered),
         "validation_file": VALIDATION,
@@ -246,12 +219,14 @@ def _row(record: dict[str, Any], published: set[str]) -> dict[str, Any]:
 def _thumbnails(
     records: Sequence[dict[str, Any]],
     published: set[str],
-    release: Storage,
+    release: Storage | None,
     limit: int,
     size: int,
 ) -> dict[str, Any]:
     """Figures for the first ``limit`` published records, in source order; none for others."""
     chosen, figures = [r for r in records if str(r.get("source")) in published], []
+    if release is None:  # the run ended before publishing (e.g. at the quality gate)
+        chosen = []
     limit = max(0, limit)
     for record in chosen[:limit]:
         key = str(record.get("output_key") or record.get("source"))
@@ -262,17 +237,6 @@ def _thumbnails(
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def _read_validation(report: Storage) -> dict[str, Any] | None:
-    """``validation.json`` if present; a broken one is reported, not fatal."""
-    if not report.exists(VALIDATION):
-        return None
-    try:
-        document = json.loads(report.read_text(VALIDATION))
-    except (StorageError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return {"unreadable": f"{type(exc).__name__}: {exc}"}
-    return document if isinstance(document, dict) else {"unreadable": "not a JSON object"}
 
 
 def _expectation_name(result: dict[str, Any]) -> str:
@@ -309,6 +273,11 @@ def _distinct(records: Sequence[dict[str, Any]], field: str) -> list[dict[str, A
 
 def _models_text(models: Sequence[dict[str, Any]]) -> str:
     return "; ".join(f"{m.get('name')} (sha256 {m.get('sha256') or 'unknown'})" for m in models)
+
+
+def _as_text(value: Any) -> Any:
+    """Nested provenance (versions, settings) as compact JSON text, scalars as they are."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
 
 
 def _or_pending(value: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from airflow_privacy.core.images import sha256_bytes
+from airflow_privacy.core.images import decode_pixels, sha256_bytes
 from airflow_privacy.storage import Storage, StorageError
 
 THUMBNAIL_QUALITY = 85
@@ -62,6 +62,8 @@ def thumbnail(release: Storage, record: dict[str, Any], key: str, size: int) -> 
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error:
         pixels = None
+    if pixels is None:
+        pixels = decode_pixels(data)  # HEIC, AVIF: formats OpenCV cannot read
     if pixels is None:
         return Thumbnail(None, note="the published output could not be decoded")
     if not known:
