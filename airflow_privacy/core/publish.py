@@ -51,7 +51,7 @@ def plan_release(records: Iterable[dict[str, Any]],
         processed += (r.get("error") or {}).get("code") not in SKIPPED
         if r["status"] == Status.VERIFIED:
             verified += 1
-            if r.get("output_sha256"):
+            if r.get("output_sha256") and r.get("output_key"):
                 chosen.append((r["output_key"], r["output_sha256"]))
     if policy == "all_or_nothing" and len(chosen) != processed:
         return [], verified, total

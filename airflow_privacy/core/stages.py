@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow_privacy.core import flow
 from airflow_privacy.core.inputs import read_input
-from airflow_privacy.core.naming import Namer, output_key
+from airflow_privacy.core.naming import COLLISION, Namer, output_key
 from airflow_privacy.core.outcomes import settle
 from airflow_privacy.core.pipeline import Pipeline
 from airflow_privacy.core.release import assemble_manifest, publish_release
@@ -154,15 +154,20 @@ def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
         flow.run(pipeline, state, flow.VERIFY)
         record = settle(state.outcome(), source, staging, quarantine,
                         keep_rejected_source=keep_rejected_source)
-        unsafe = (record["error"] or {}).get("code") == "unsafe_path"
-        if record["status"] != Status.VERIFIED and not unsafe:
-            staging.delete(record["output_key"])  # an unsafe key has no safe output key
+        if record["status"] != Status.VERIFIED and _owns_output(record):
+            staging.delete(record["output_key"])  # a stale output of an earlier attempt
         if record["input_sha256"]:
             save_checkpoint(work, RECORDS, shard, record, on)
         records.append(record)
     write_entries(work, RECORDS, shard, records)
     by_status = {s: sum(r["status"] == s for r in records) for s in ("verified", "quarantined")}
     return {**_finish(RECORDS, shard, records, skipped), **by_status}
+
+
+def _owns_output(record: dict[str, Any]) -> bool:
+    """Whether ``record["output_key"]`` can be this input's own: not for an input refused
+    because another input has that name (a collision), nor for a key leaving the root."""
+    return (record["error"] or {}).get("code") not in (COLLISION, "unsafe_path")
 
 
 def key_of(checkpoint: dict[str, Any]) -> str | None:
