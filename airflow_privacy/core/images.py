@@ -50,6 +50,12 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from airflow_privacy.core.phone_formats import (
+    avif_decoder,
+    encode_with_pillow,
+    heif_decoder,
+    heif_encoder,
+)
 from airflow_privacy.core.settings import DEFAULT_MAX_PIXELS  # largest accepted width x height
 from airflow_privacy.core.video.formats import VIDEO_OUTPUT, is_video_name
 from airflow_privacy.exceptions import ImageRejected
@@ -59,37 +65,11 @@ MAX_JPEG_SCANS = 100
 (about 1.6 ms per megapixel here), so 100 bounds a 50-megapixel JPEG to about ten seconds,
 where a crafted one with thousands of scans would take minutes."""
 
-def _heif_plugin() -> type[ImageFile.ImageFile] | None:
-    """pillow-heif's decoder class, or None where the package is missing."""
-    try:
-        from pillow_heif import as_plugin
-    except ImportError:  # pragma: no cover - a declared dependency
-        return None
-    return as_plugin.HeifImageFile
-
-
-def _heif_encoder() -> bool:
-    try:
-        import pillow_heif
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(pillow_heif.libheif_info().get("encoders", {}).get("x265"))
-
-
-def _avif_plugin() -> type[ImageFile.ImageFile] | None:
-    try:
-        from PIL import AvifImagePlugin, features
-    except ImportError:  # pragma: no cover - Pillow before 11.2
-        return None
-    return AvifImagePlugin.AvifImageFile if features.check_module("avif") else None
-
-
-_HEIF = _heif_plugin()
-_AVIF = _avif_plugin()
+HEIF_DECODER, AVIF_DECODER = heif_decoder(), avif_decoder()
 # A format is published in its own format where an encoder is installed, else as JPEG; the
 # output key's suffix (and the record's ``output_format``) says which.
-HEIC_OUTPUT = ".heic" if _HEIF is not None and _heif_encoder() else ".jpg"
-AVIF_OUTPUT = ".avif" if _AVIF is not None else ".jpg"
+HEIC_OUTPUT = ".heic" if HEIF_DECODER is not None and heif_encoder() else ".jpg"
+AVIF_OUTPUT = ".avif" if AVIF_DECODER is not None else ".jpg"
 
 SUPPORTED_SUFFIXES = {
     ".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp",
@@ -111,10 +91,10 @@ _DECODERS: dict[str, type[ImageFile.ImageFile]] = {
     "WEBP": WebPImagePlugin.WebPImageFile,
     "BMP": BmpImagePlugin.BmpImageFile,
 }
-if _HEIF is not None:
-    _DECODERS["HEIF"] = _HEIF
-if _AVIF is not None:
-    _DECODERS["AVIF"] = _AVIF
+if HEIF_DECODER is not None:
+    _DECODERS["HEIF"] = HEIF_DECODER
+if AVIF_DECODER is not None:
+    _DECODERS["AVIF"] = AVIF_DECODER
 _SIGNATURES = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -246,7 +226,7 @@ def encode_image(pixels: np.ndarray, suffix: str, alpha: np.ndarray | None = Non
     """
     suffix = suffix.lower()
     if suffix in (".heic", ".heif", ".avif"):
-        return _encode_with_pillow(pixels, suffix, alpha)
+        return encode_with_pillow(pixels, suffix, alpha)
     if alpha is not None and suffix in _ALPHA_SUFFIXES:
         if alpha.shape != pixels.shape[:2]:
             raise ImageRejected(
@@ -260,23 +240,6 @@ def encode_image(pixels: np.ndarray, suffix: str, alpha: np.ndarray | None = Non
     if not ok:
         raise ImageRejected("encode_failed", f"OpenCV could not encode a {suffix} image")
     return buffer.tobytes()
-
-
-def _encode_with_pillow(pixels: np.ndarray, suffix: str, alpha: np.ndarray | None) -> bytes:
-    """HEIC (pillow-heif) and AVIF (Pillow), which OpenCV cannot write; no metadata either."""
-    rgb = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    image = Image.fromarray(np.dstack([rgb, alpha]) if alpha is not None else rgb)
-    buffer = io.BytesIO()
-    try:  # a fresh Image from pixels carries no EXIF, XMP or ICC to write
-        if suffix == ".avif":
-            image.save(buffer, format="AVIF", quality=90)
-        else:
-            import pillow_heif
-
-            pillow_heif.from_pillow(image).save(buffer, quality=90)
-    except Exception as exc:  # no encoder, or it failed on these pixels
-        raise ImageRejected("encode_failed", f"cannot encode {suffix}: {exc}") from exc
-    return buffer.getvalue()
 
 
 def decode_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:

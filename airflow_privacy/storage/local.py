@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -60,22 +61,7 @@ class LocalStorage(Storage):
             raise StorageError(f"cannot read {self.uri_of(key)}: {exc}") from exc
 
     def write(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-            try:
-                os.fchmod(fd, FILE_MODE)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.uri_of(key)}: {exc}") from exc
+        self.write_file(key, io.BytesIO(data))
 
     def read_lines(self, key: str) -> Iterator[bytes]:
         """Streamed from the file: a manifest of any size in bounded memory."""
