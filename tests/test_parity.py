@@ -105,3 +105,22 @@ def test_the_cases_are_the_ones_named(both_runs):
                for d in (original, published)]
     assert np.array_equal(*decoded)  # pixel-identical, not re-encoded
     assert len(published) < len(original)  # the metadata is gone
+
+
+def test_both_drivers_judge_collisions_on_the_names_that_will_be_published(tmp_path):
+    """``x.gif`` is published as ``x.png``: a collision under plain names, none under
+    pseudonyms; the Airflow listing decides it as the CLI does, from one function."""
+    from airflow_privacy.core.inputs import listing
+    from airflow_privacy.core.naming import Pseudonymizer
+    from airflow_privacy.core.shards import list_shards
+    from airflow_privacy.storage import open_storage
+
+    (tmp_path / "x.gif").write_bytes(b"GIF89a")
+    (tmp_path / "x.png").write_bytes(b"\x89PNG")
+    source = open_storage(str(tmp_path))
+    namer = Pseudonymizer(b"a key of at least sixteen bytes")
+    assert set(listing(source)[1]) == {"x.gif"}
+    assert [s.get("refused") for s in list_shards(source, 10)] == [
+        {"x.gif": list(listing(source)[1]["x.gif"])}]
+    assert listing(source, namer)[1] == {}
+    assert [s.get("refused") for s in list_shards(source, 10, namer=namer)] == [None]

@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_privacy.core import flow
-from airflow_privacy.core.inputs import list_inputs, read_input, skips
+from airflow_privacy.core.inputs import listing, read_input
 from airflow_privacy.core.manifest import summarize, write_manifest, write_summary
-from airflow_privacy.core.naming import Namer, output_key, refusals
+from airflow_privacy.core.naming import Namer, output_key
 from airflow_privacy.core.outcomes import settle
 from airflow_privacy.core.pipeline import Pipeline
 from airflow_privacy.core.publish import Policy, publish
@@ -93,9 +93,7 @@ def run_batch(
     run = dict(run or {})
     run.setdefault("started", datetime.now(UTC).isoformat())
     started = time.perf_counter()
-    images, ignored = list_inputs(source)
-    keys = sorted(images + ignored)  # every listed key is an input with a record
-    refused = refusals(images, namer) | skips(ignored)
+    keys, refused, ignored = listing(source, namer)
     staging = report.child(STAGING)
     quarantine = report.child(QUARANTINE)
 
@@ -118,7 +116,7 @@ def run_batch(
         records,
         published=released["published"],
         withheld=released["withheld"],
-        ignored=len(ignored),
+        ignored=ignored,
         policy=policy,
         manifest_sha256=manifest_sha256,
         settings=pipeline.settings.to_dict(),

@@ -21,6 +21,7 @@ from airflow_privacy.core.images import (
     is_image_name,
     sha256_bytes,
 )
+from airflow_privacy.core.naming import Namer, refusals
 from airflow_privacy.core.video.formats import is_video_name
 from airflow_privacy.storage import Storage, StorageError, TransientStorageError, UnsafeKeyError
 
@@ -99,3 +100,13 @@ def _describe_skipped(source: Storage, state: ImageState) -> None:
         record["format"] = describe_content(data)
         error["message"] = f"{error['message']}; the content is {record['format']}"
 
+
+def listing(source: Storage, namer: Namer | None = None) -> tuple[list[str], dict, int]:
+    """Every listed key in order, the refusals decided before reading, and how many are skipped.
+
+    Both drivers start here, so an input is refused (a name collision, under
+    ``namer``'s pseudonyms too) or skipped (not an image, hidden) alike.
+    """
+    images, ignored = list_inputs(source)
+    keys = sorted(images + ignored)  # every listed key is an input with a record
+    return keys, refusals(images, namer) | skips(ignored), len(ignored)

@@ -25,9 +25,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from airflow_privacy.core.images import sha256_bytes
-from airflow_privacy.core.inputs import list_inputs, skips
+from airflow_privacy.core.inputs import SKIPPED, listing
 from airflow_privacy.core.manifest import dumps_records, loads_records
-from airflow_privacy.core.naming import refusals
+from airflow_privacy.core.naming import Namer
 from airflow_privacy.storage import Storage, StorageError, TransientStorageError
 
 PLAN = "plan.json"
@@ -59,7 +59,7 @@ def shard_size_for(count: int, shard_size: int, max_shards: int | None = None) -
 
 
 def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None,
-                max_shards: int | None = None) -> list[Shard]:
+                max_shards: int | None = None, namer: Namer | None = None) -> list[Shard]:
     """Split the source's inputs into whole shards of at most ``shard_size`` keys, in key order.
 
     Shard ids are zero-padded positions, so a re-listing of unchanged input yields
@@ -70,9 +70,7 @@ def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, not {shard_size}")
-    images, ignored = list_inputs(source)
-    keys = sorted(images + ignored)  # every listed key is an input with a record
-    refused = refusals(images) | skips(ignored)
+    keys, refused, ignored = listing(source, namer)  # the CLI's listing, refusals included
     size = shard_size_for(len(keys), shard_size, max_shards)
     shards = []
     for i in range(0, len(keys), size):
@@ -87,13 +85,15 @@ def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None
         plan = {"source": source.uri, "inputs": len(keys), "shard_size": size,
                 "requested_shard_size": shard_size, "max_shards": max_shards,
                 "shards": [reference(shard) for shard in shards],
-                "ignored_count": len(ignored), "ignored": sorted(ignored)[:IGNORED_IN_PLAN]}
+                "ignored_count": ignored,
+                "ignored": [k for k in keys if refused.get(k, ("",))[0] in SKIPPED][
+                    :IGNORED_IN_PLAN]}
         work.write_text(PLAN, json.dumps(plan, sort_keys=True) + "\n")
     return shards
 
 
 def plan_shards(source: Storage, work: Storage, shard_size: int, *,
-                max_shards: int | None = None) -> list[Shard]:
+                max_shards: int | None = None, namer: Namer | None = None) -> list[Shard]:
     """:func:`list_shards` into ``work``, returning only the shards' references.
 
     What the list task pushes to XCom: per shard its id, key count and file,
@@ -101,7 +101,7 @@ def plan_shards(source: Storage, work: Storage, shard_size: int, *,
     (at most ``max_shards`` references).
     """
     return [reference(s) for s in list_shards(source, shard_size, work=work,
-                                              max_shards=max_shards)]
+                                              max_shards=max_shards, namer=namer)]
 
 
 def shard_path(shard: Shard) -> str:

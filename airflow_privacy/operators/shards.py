@@ -33,6 +33,9 @@ class ListImageShardsOperator(LineageMixin, BaseOperator):
         ``"{{ params.shard_size }}"``; rendered text is converted with ``int()``)
     :param max_shards: most shards to make; default ``[core] max_map_length``
     :param aws_conn_id: connection for ``s3://`` locations (templated)
+    :param pseudonymize_conn_id: / ``pseudonymize_variable``: the pseudonym key the outputs
+        will be named with (as given to the anonymize task), so that output-name
+        collisions are judged on the names that will really be published, as the CLI does
     """
 
     template_fields: Sequence[str] = ("source", "work", "shard_size", "aws_conn_id")
@@ -48,6 +51,8 @@ class ListImageShardsOperator(LineageMixin, BaseOperator):
         shard_size: int | str = 16,
         max_shards: int | None = None,
         aws_conn_id: str | None = AWS_CONN_ID,
+        pseudonymize_conn_id: str | None = None,
+        pseudonymize_variable: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -56,18 +61,24 @@ class ListImageShardsOperator(LineageMixin, BaseOperator):
         self.shard_size = shard_size
         self.max_shards = max_shards
         self.aws_conn_id = aws_conn_id
+        self.pseudonymize_conn_id = pseudonymize_conn_id
+        self.pseudonymize_variable = pseudonymize_variable
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         from airflow_privacy.core.shards import list_shards, plan_shards
+        from airflow_privacy.operators.naming import pseudonymizer
 
         limit = self.max_shards or max_map_length()
         uris = [self.source] + ([self.work] if self.work else [])
         with fail_fast_unless_retryable():
+            namer = pseudonymizer(self.pseudonymize_conn_id, self.pseudonymize_variable)
             source, *work = open_locations(self.aws_conn_id, *uris)
             if work:
-                shards = plan_shards(source, work[0], int(self.shard_size), max_shards=limit)
+                shards = plan_shards(source, work[0], int(self.shard_size), max_shards=limit,
+                                     namer=namer)
             else:
-                shards = list_shards(source, int(self.shard_size), max_shards=limit)
+                shards = list_shards(source, int(self.shard_size), max_shards=limit,
+                                     namer=namer)
         images = sum(s["count"] if "count" in s else len(s["keys"]) for s in shards)
         self.log.info("%d inputs in %d shards below %s", images, len(shards), self.source)
         if shards and images > int(self.shard_size) * len(shards):

@@ -115,12 +115,12 @@ def anonymization_task_group(
         return {kind: given[task_id] for kind, given in routes.items() if task_id in given}
 
     with TaskGroup(group_id=group_id, **group_kwargs) as group:
-        shards = ListImageShardsOperator(task_id="list_shards", source=source, work=work,
-                                         shard_size=shard_size, aws_conn_id=aws_conn_id,
-                                         **route("list_shards"))
-        # One shard per mapped task; "{{ task.shard.shard_id }}" names the map index.
         naming = {"pseudonymize_conn_id": pseudonymize_conn_id,
                   "pseudonymize_variable": pseudonymize_variable}
+        shards = ListImageShardsOperator(task_id="list_shards", source=source, work=work,
+                                         shard_size=shard_size, aws_conn_id=aws_conn_id,
+                                         **naming, **route("list_shards"))
+        # One shard per mapped task; "{{ task.shard.shard_id }}" names the map index.
         steps = [
             operator.partial(task_id=task_id, map_index_template="{{ task.shard.shard_id }}",
                              **locations, **extra, **route(task_id)).expand(shard=shards.output)
