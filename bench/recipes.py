@@ -81,20 +81,16 @@ class Detectors:
 class PipelineRecipe:
     """The product: :class:`Pipeline.process` on the input bytes, as the operators run it."""
 
-    def __init__(
-        self, name: str, settings: RunSettings, detectors: Detectors, face_finder: Any = None
-    ) -> None:
+    def __init__(self, name: str, settings: RunSettings, detectors: Detectors) -> None:
         from airflow_privacy.core.pipeline import Pipeline
 
         self.name = name
         self.settings = settings.validate()
-        self.pipeline = Pipeline(
-            self.settings, detector=detectors.get(settings.detection), face_finder=face_finder
-        )
+        self.pipeline = Pipeline(self.settings, detector=detectors.get(settings.detection))
 
     def describe(self) -> dict[str, Any]:
         finder = self.pipeline.face_finder
-        faces = getattr(finder, "describe", lambda: {"name": finder.name})() if finder else None
+        faces = finder.describe() if finder is not None else None
         return {"kind": "pipeline", "settings": self.settings.to_dict(), "face_finder": faces}
 
     def anonymize_for_bench(self, key: str, data: bytes) -> Anonymized:
@@ -184,13 +180,12 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
                    default=defaults.verification.remediation_rounds)
     v = defaults.verification
     p.add_argument("--faces", action=argparse.BooleanOptionalAction,
-                   default=getattr(v, "faces", False),
+                   default=v.faces,
                    help="verify with the CenterFace face finder too")
-    p.add_argument("--face-conf", type=float, default=getattr(v, "face_confidence", 0.5))
-    p.add_argument("--face-size", type=int, default=getattr(v, "face_input_size", 640))
-    c = getattr(defaults, "confirmation", None)  # absent in product versions before it
+    p.add_argument("--face-conf", type=float, default=v.face_confidence)
+    p.add_argument("--face-size", type=int, default=v.face_input_size)
     p.add_argument("--confirm", action=argparse.BooleanOptionalAction,
-                   default=getattr(c, "enabled", False),
+                   default=defaults.confirmation.enabled,
                    help="confirm weak person candidates before changing pixels")
     p.add_argument("--candidate-conf", type=float, default=None,
                    help="lowest candidate confidence (default: the product's, capped by --conf)")
@@ -217,22 +212,14 @@ def recipe_settings(options: dict[str, Any]) -> RunSettings:
     verification: dict[str, Any] = {
         "confidence": verify_conf, "flip": options["verify_flip"] or options["flip"],
         "remediation_rounds": options["remediation_rounds"],
+        # capped by detection confidence, as the product's own overrides do
+        "covered_max_confidence": min(base.covered_max_confidence, options["conf"]),
+        # the pipeline builds its own face finder from these
+        "faces": options["faces"], "face_confidence": options["face_conf"],
+        "face_input_size": options["face_size"],
     }
-    if hasattr(base, "covered_max_confidence"):  # capped by detection confidence too
-        verification["covered_max_confidence"] = min(base.covered_max_confidence, options["conf"])
-    if hasattr(base, "faces"):  # the pipeline builds its own face finder from these
-        verification.update(
-            faces=options["faces"], face_confidence=options["face_conf"],
-            face_input_size=options["face_size"],
-        )
-    extra: dict[str, Any] = {}
-    confirmation = getattr(RunSettings(), "confirmation", None)
-    if confirmation is not None:  # candidates may never start above detection's threshold
-        candidate = options["candidate_conf"] or confirmation.candidate_confidence
-        extra["confirmation"] = replace(
-            confirmation, enabled=options["confirm"],
-            candidate_confidence=min(candidate, options["conf"]),
-        )
+    confirmation = RunSettings().confirmation  # candidates never start above detection's
+    candidate = options["candidate_conf"] or confirmation.candidate_confidence
     return RunSettings(
         detection=DetectionSettings(
             model=DEFAULT_MODEL, confidence=options["conf"], image_size=options["image_size"],
@@ -243,7 +230,8 @@ def recipe_settings(options: dict[str, Any]) -> RunSettings:
             crowd_gap=options["crowd_gap"],
         ),
         verification=replace(base, **verification),
-        **extra,
+        confirmation=replace(confirmation, enabled=options["confirm"],
+                             candidate_confidence=min(candidate, options["conf"])),
     ).validate()
 
 
@@ -258,8 +246,7 @@ def recipe_name(options: dict[str, Any], settings: RunSettings) -> str:
     )
     if v.remediation_rounds != VerificationSettings().remediation_rounds:
         name += f" rem {v.remediation_rounds}"
-    confirmation = getattr(settings, "confirmation", None)
-    if confirmation is not None and not confirmation.enabled:
+    if not settings.confirmation.enabled:
         name += " no-confirm"
     if options["faces"]:
         name += f" +faces {options['face_conf']}@{options['face_size']}"
@@ -269,13 +256,6 @@ def recipe_name(options: dict[str, Any], settings: RunSettings) -> str:
 def build_recipe(
     options: dict[str, Any], detectors: Detectors, threads: int | None
 ) -> PipelineRecipe:
-    """The product's chain with ``options``' settings (and a face finder if it needs one)."""
+    """The product's chain with ``options``' settings (its own face finder among them)."""
     settings = recipe_settings(options)
-    finder = None
-    if options["faces"] and not hasattr(settings.verification, "faces"):
-        from airflow_privacy.core.faces import CenterFace
-
-        finder = CenterFace(
-            confidence=options["face_conf"], input_size=options["face_size"], threads=threads
-        )
-    return PipelineRecipe(recipe_name(options, settings), settings, detectors, finder)
+    return PipelineRecipe(recipe_name(options, settings), settings, detectors)

@@ -334,8 +334,6 @@ def test_recipe_overrides_keep_verification_at_least_as_strict() -> None:
 def test_recipe_candidate_confidence_follows_a_stricter_detection() -> None:
     """Where the product confirms candidates, they never start above detection's threshold."""
     settings = recipe_settings(recipe_options(quality.parse_args([]), "conf=0.05,confirm=0"))
-    confirmation = getattr(settings, "confirmation", None)
-    if confirmation is None:
-        pytest.skip("this product version has no confirmation settings")
+    confirmation = settings.confirmation
     assert confirmation.candidate_confidence <= 0.05
     assert not confirmation.enabled
