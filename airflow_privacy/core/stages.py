@@ -160,7 +160,8 @@ def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
             save_checkpoint(work, RECORDS, shard, record, on)
         records.append(record)
     write_entries(work, RECORDS, shard, records)
-    by_status = {s: sum(r["status"] == s for r in records) for s in ("verified", "quarantined")}
+    by_status = {s.value: sum(r["status"] == s for r in records)  # plain str keys for XCom
+                 for s in (Status.VERIFIED, Status.QUARANTINED)}
     return {**_finish(RECORDS, shard, records, skipped), **by_status}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_privacy.core.status import Status
 from airflow_privacy.triggers.release import VerifiedReleaseTrigger, check
 
 
@@ -61,7 +62,7 @@ class VerifiedReleaseSensor(BaseSensorOperator):
         return None
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        if not event or event.get("status") != "verified":
+        if not event or event.get("status") != Status.VERIFIED:
             raise AirflowFailException(f"release {self.release} was not verified: {event}")
         self.log.info("release %s verified: %s", self.release, event.get("reason"))
         return event

@@ -22,6 +22,7 @@ from airflow_privacy.core.manifest import VALIDATION
 from airflow_privacy.core.publish import POLICIES, releasable
 from airflow_privacy.core.report.story import plain_summary
 from airflow_privacy.core.report.thumbnails import thumbnail
+from airflow_privacy.core.status import Status
 from airflow_privacy.storage import Storage
 
 HISTOGRAM_BINS = 10
@@ -128,7 +129,7 @@ def _totals(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[
 
 def _verification(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-image verification as one verdict: every image must be verified to pass."""
-    verified = sum(1 for r in records if r.get("status") == "verified")
+    verified = sum(1 for r in records if r.get("status") == Status.VERIFIED)
     failed = len(records) - verified
     return {"images": len(records), "verified": verified, "failed": failed, "passed": not failed}
 
@@ -198,7 +199,7 @@ def _row(record: dict[str, Any], published: set[str]) -> dict[str, Any]:
     verification = record.get("verification") or {}
     retention = [v for v in verification.get("retention") or [] if isinstance(v, int | float)]
     shown = status
-    if status == "verified":
+    if status == Status.VERIFIED:
         shown = "published" if source in published else "verified, not published"
     candidates = record.get("candidates")  # newer records: every candidate and its fate
     dismissed = None

@@ -21,6 +21,7 @@ from typing import Any
 
 from airflow_privacy.core.inputs import SKIPPED
 from airflow_privacy.core.publish import POLICIES, releasable
+from airflow_privacy.core.status import Status
 
 RUN_FIELDS = ("driver", "dag_id", "run_id", "logical_date", "started", "ended", "triggered_by",
               "run_type", "task_id", "try_number")
@@ -52,10 +53,10 @@ def plain_summary(records: Sequence[dict[str, Any]], summary: dict[str, Any]) ->
     policy = summary.get("policy")
     published = ({str(r["source"]) for r in releasable(records, policy)}
                  if summary.get("published") and policy in POLICIES else set())
-    verified = [r for r in records if r.get("status") == "verified"]
+    verified = [r for r in records if r.get("status") == Status.VERIFIED]
     skipped = [r for r in records if _code(r) in SKIPPED]
-    rejected = [r for r in records if r.get("status") == "error" and _code(r) not in SKIPPED]
-    quarantined = [r for r in records if r.get("status") == "quarantined"]
+    rejected = [r for r in records if r.get("status") == Status.ERROR and _code(r) not in SKIPPED]
+    quarantined = [r for r in records if r.get("status") == Status.QUARANTINED]
     withheld_by_policy = [r for r in verified if str(r.get("source")) not in published]
     people = sum(int(r.get("persons_detected") or 0) for r in verified)
     dismissed = sum(1 for r in records for c in r.get("candidates") or []
