@@ -180,8 +180,7 @@ def anonymize(pipeline: Pipeline, state: ImageState) -> None:
 def verify(pipeline: Pipeline, state: ImageState) -> None:
     """Verify the encoded output; remediate what is confirmed uncovered, within bounds."""
     image, record = _image(state), state.record
-    if state.output is None or sha256_bytes(state.output) != record["output_sha256"]:
-        raise ImageRejected("staging_changed", "the staged output changed after encoding")
+    check_staged(state)
     settings = pipeline.settings.verification
     regions = [Region.from_record(r) for r in record["regions"]]
     pixels = _decode_output(state.output)
@@ -208,23 +207,38 @@ def _settle_verification(
     pipeline: Pipeline, state: ImageState, regions: list[Region], result: VerificationResult,
     rounds: int, history: list[dict[str, Any]],
 ) -> None:
+    state.record["regions"] = [r.to_record() for r in regions]
+    settle_verdict(state, result.passed, result.reasons(), {
+        **result.to_record(), "remediation_rounds": rounds, "rounds": history,
+        "settings": verification_settings(pipeline),
+    })
+
+
+def check_staged(state: ImageState) -> None:
+    """The output to verify is exactly the one the anonymize step encoded (images and videos)."""
+    if state.output is None or sha256_bytes(state.output) != state.record["output_sha256"]:
+        raise ImageRejected("staging_changed", "the staged output changed after encoding")
+
+
+def verification_settings(pipeline: Pipeline) -> dict[str, Any]:
+    """What the manifest records of how an output was verified."""
     v = pipeline.settings.verification
-    passed = result.passed
+    return {"confidence": v.confidence, "flip": v.flip,
+            "covered_max_confidence": v.covered_max_confidence,
+            "min_coverage": v.min_coverage, "max_retention": v.max_retention,
+            "faces": v.faces, "face_confidence": v.face_confidence}
+
+
+def settle_verdict(
+    state: ImageState, passed: bool, reasons: Sequence[str], verification: dict[str, Any]
+) -> None:
+    """Status, final output digest, verification record and error from the verdict."""
     state.record.update(
         status=Status.VERIFIED if passed else Status.QUARANTINED,
         output_sha256=sha256_bytes(state.output or b""),
-        regions=[r.to_record() for r in regions],
-        verification={
-            **result.to_record(), "remediation_rounds": rounds, "rounds": history,
-            "settings": {
-                "confidence": v.confidence, "flip": v.flip,
-                "covered_max_confidence": v.covered_max_confidence,
-                "min_coverage": v.min_coverage, "max_retention": v.max_retention,
-                "faces": v.faces, "face_confidence": v.face_confidence,
-            },
-        },
+        verification=verification,
         error=None if passed else {"code": "verification_failed",
-                                   "message": "; ".join(result.reasons())},
+                                   "message": "; ".join(reasons)},
     )
 
 

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from airflow_privacy.core.flow import check_staged, settle_verdict, verification_settings
 from airflow_privacy.core.geometry import Box
 from airflow_privacy.core.images import ImageRejected, sha256_bytes
 from airflow_privacy.core.regions import Region, plan_regions, remediation_regions
-from airflow_privacy.core.status import Status
 from airflow_privacy.core.video.container import Writer, can_remux, crop_to, frames, probe, remux
 from airflow_privacy.core.video.tracks import FramePlan, Tracks, summarize
 
@@ -91,8 +91,7 @@ def anonymize_video(pipeline: Pipeline, state: ImageState) -> None:
 def verify_video(pipeline: Pipeline, state: ImageState) -> None:
     """Verify the encoded output frame by frame; remediate and re-encode within bounds."""
     record, video = state.record, state.record["video"]
-    if state.output is None or sha256_bytes(state.output) != record["output_sha256"]:
-        raise ImageRejected("staging_changed", "the staged output changed after encoding")
+    check_staged(state)
     limit = pipeline.settings.verification.remediation_rounds
     extra: list[list[Any]] = [list(e) for e in video.get("remediation", [])]
     rounds, history = 0, []
@@ -113,31 +112,20 @@ def verify_video(pipeline: Pipeline, state: ImageState) -> None:
 
 def _settle(pipeline: Pipeline, state: ImageState, check: _Check, rounds: int,
             history: list[dict[str, Any]]) -> None:
-    record, v = state.record, pipeline.settings.verification
+    record = state.record
     hold, frames_ = pipeline.settings.video.hold_frames, record["video"]["frames"]
     passed = check.passed
     if record["pixels_unchanged"] and not check.identical:
         record["pixels_unchanged"] = False
     record["video"]["remediation"] = len(record["video"].get("remediation", []))
-    record.update(
-        status=Status.VERIFIED if passed else Status.QUARANTINED,
-        output_sha256=sha256_bytes(state.output or b""),
-        tracks=[summarize(t, hold, frames_) for t in record["tracks"]],
-        verification={
-            **check.summary(), "passed": passed,
-            "residuals": check.residuals[:MAX_LISTED], "reasons": check.reasons[:MAX_LISTED],
-            "remediation_rounds": rounds, "rounds": history,
-            "settings": {
-                "confidence": v.confidence, "flip": v.flip,
-                "covered_max_confidence": v.covered_max_confidence,
-                "min_coverage": v.min_coverage, "max_retention": v.max_retention,
-                "faces": v.faces, "face_confidence": v.face_confidence,
-                "verify_stride": pipeline.settings.video.verify_stride,
-            },
-        },
-        error=None if passed else {"code": "verification_failed",
-                                   "message": "; ".join(check.reasons[:5])},
-    )
+    record["tracks"] = [summarize(t, hold, frames_) for t in record["tracks"]]
+    settle_verdict(state, passed, check.reasons[:5], {
+        **check.summary(), "passed": passed,
+        "residuals": check.residuals[:MAX_LISTED], "reasons": check.reasons[:MAX_LISTED],
+        "remediation_rounds": rounds, "rounds": history,
+        "settings": {**verification_settings(pipeline),
+                     "verify_stride": pipeline.settings.video.verify_stride},
+    })
 
 
 class _Check:
