@@ -300,25 +300,27 @@ class PersonDetector:
         height, width = pixels.shape[:2]
         key = self._memo_key(pixels, size)
         plain = self._recall(key, confidence)
-        mirrored = [np.ascontiguousarray(pixels[:, ::-1])] if flip else []
-        batch = ([pixels] if plain is None else []) + mirrored
-        results: list[Any] = []
-        if batch:
-            with self._lock:
-                results = self._predict(batch, confidence, size)
-                self.passes += len(batch)
+        # Each pass is its own call: a batch of two can differ from two batches of one in the
+        # last float bits, so a pass must not depend on whether its twin was remembered.
         if plain is None:
-            plain = self._people(results[0], width, height, False)
+            plain = self._people(self._pass(pixels, confidence, size), width, height, False)
             self._remember(key, confidence, plain)
         found = list(plain)
         if flip:
-            found += self._people(results[-1], width, height, True)
+            mirrored = np.ascontiguousarray(pixels[:, ::-1])
+            found += self._people(self._pass(mirrored, confidence, size), width, height, True)
             if found:
                 keep = merge_duplicates([d.box for d in found], [d.confidence for d in found],
                                         self.merge_iou)
                 found = [found[i] for i in keep]
         found.sort(key=lambda d: -d.confidence)
         return found
+
+    def _pass(self, pixels: np.ndarray, confidence: float, size: int) -> Any:
+        """One image through the network, one call at a time."""
+        with self._lock:
+            self.passes += 1
+            return self._predict([pixels], confidence, size)[0]
 
     @staticmethod
     def _memo_key(pixels: np.ndarray, size: int) -> tuple[str, tuple[int, ...], int]:
