@@ -69,4 +69,10 @@ def sample_dir(tmp_path: Path) -> Path:
 
 
 from tests.airflow_env import airflow_home  # noqa: E402,F401
-from tests.s3_server import isolated_s3_server, s3_bucket, s3_client, s3_server  # noqa: E402,F401
+from tests.s3_server import (  # noqa: E402,F401
+    isolated_s3_server,
+    s3_bucket,
+    s3_client,
+    s3_fs,
+    s3_server,
+)

@@ -14,7 +14,10 @@ Fixtures (pull them into ``tests/conftest.py``)::
 
     s3_server           session  the shared MotoServer (endpoint_url, stop(), start())
     isolated_s3_server  function a private MotoServer, for tests that stop/restart it
-    s3_client           function boto3 S3 client with fake credentials on s3_server
+    s3_client           function boto3 S3 client with fake credentials on s3_server (to seed
+                                 and inspect the bucket independently of the code under test)
+    s3_fs               function s3fs filesystem with fake credentials on s3_server: what
+                                 ObjectStorage is given, as the operators give it one
     s3_bucket           function a fresh, uniquely named, empty bucket on s3_server
 """
 
@@ -176,6 +179,32 @@ class MotoServer:
         )
 
 
+def s3_filesystem(endpoint_url: str, *, key: str = FAKE_ACCESS_KEY_ID,
+                  secret: str = FAKE_SECRET_ACCESS_KEY, **config: Any) -> Any:
+    """A fresh ``s3fs.S3FileSystem`` on ``endpoint_url`` with fake credentials.
+
+    Few retries (botocore's and s3fs's own) and short timeouts, as :meth:`MotoServer.client`:
+    an endpoint that is down should fail a test in about a second. A fresh instance, not
+    fsspec's cached one, so that a test's event hooks and settings stay its own.
+    """
+    import s3fs
+
+    settings: dict[str, Any] = {
+        "retries": {"max_attempts": 2, "mode": "standard"},
+        "connect_timeout": 2,
+        "read_timeout": 10,
+        "max_pool_connections": 32,
+    }
+    settings.update(config)
+    fs = s3fs.S3FileSystem(
+        key=key, secret=secret, endpoint_url=endpoint_url,
+        client_kwargs={"region_name": REGION}, config_kwargs=settings,
+        skip_instance_cache=True,
+    )
+    fs.retries = 2  # s3fs's own retry loop, on top of botocore's (a class attribute: 5)
+    return fs
+
+
 def airflow_s3_connection(endpoint_url: str, conn_id: str = "privacy_s3") -> dict[str, str]:
     """Environment for an Airflow ``aws`` connection pointing at ``endpoint_url``.
 
@@ -224,6 +253,13 @@ def s3_client(s3_server: MotoServer) -> Any:
     """A boto3 client on the shared server, restarting it if an earlier test left it down."""
     s3_server.start()
     return s3_server.client()
+
+
+@pytest.fixture
+def s3_fs(s3_server: MotoServer) -> Any:
+    """An s3fs filesystem on the shared server, restarting it if an earlier test left it down."""
+    s3_server.start()
+    return s3_filesystem(s3_server.endpoint_url)
 
 
 @pytest.fixture

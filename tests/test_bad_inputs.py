@@ -498,7 +498,7 @@ def test_stage_keys_with_dotdot_or_absolute_paths_are_refused(pipeline, tmp_path
         k: v for k, v in outside_before.items() if not k.startswith("roots")}
 
 
-def test_s3_keys_with_dotdot_are_refused_by_the_stages(pipeline, s3_client, s3_bucket):
+def test_s3_keys_with_dotdot_are_refused_by_the_stages(pipeline, s3_fs, s3_client, s3_bucket):
     """Objects uploaded with raw keys (``src/../x``) are listed, rejected, never copied out."""
     uploads = {
         "src/ok.jpg": _save(_small(11), "JPEG"),
@@ -511,7 +511,7 @@ def test_s3_keys_with_dotdot_are_refused_by_the_stages(pipeline, s3_client, s3_b
     }
     for key, body in uploads.items():
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=body)
-    stores = [open_storage(f"s3://{s3_bucket}/{p}", s3_client=s3_client)
+    stores = [open_storage(f"s3://{s3_bucket}/{p}", filesystem=s3_fs)
               for p in ("src", "work", "report", "release")]
     _, records = _run_stages(pipeline, *stores)
     assert sorted(records) == sorted(k[len("src/"):] for k in uploads)

@@ -29,10 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import cv2
 import pytest
-from botocore.config import Config
 
 from airflow_privacy.cli import main
 from airflow_privacy.core import flow, stages
@@ -44,12 +42,7 @@ from airflow_privacy.core.settings import RunSettings
 from airflow_privacy.storage import StorageError, TransientStorageError, open_storage
 from tests.conftest import PROJECT, SAMPLES
 from tests.fault_proxy import FaultProxy
-from tests.s3_server import (
-    FAKE_ACCESS_KEY_ID,
-    FAKE_SECRET_ACCESS_KEY,
-    REGION,
-    object_digests,
-)
+from tests.s3_server import object_digests, s3_filesystem
 
 
 def _mirrored(name: str) -> bytes:
@@ -104,14 +97,10 @@ def _marker_facts(marker: bytes) -> dict[str, Any]:
 # -- (a) the S3 endpoint goes away mid-run ----------------------------------------------------
 
 
-def _client(endpoint_url: str) -> Any:
-    """As the operators' client, with few retries so that an outage fails in a second."""
-    return boto3.client(
-        "s3", endpoint_url=endpoint_url, region_name=REGION,
-        aws_access_key_id=FAKE_ACCESS_KEY_ID, aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
-        config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2,
-                      read_timeout=10),
-    )
+def _filesystem(endpoint_url: str) -> Any:
+    """As the operators' filesystem (s3fs), with few retries so that an outage fails in a
+    second or two."""
+    return s3_filesystem(endpoint_url)
 
 
 def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_release(
@@ -120,17 +109,17 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
     for key, data in _images().items():
         s3_client.put_object(Bucket=s3_bucket, Key=f"src/{key}", Body=data)
 
-    def stores(client: Any, run: str) -> list:
-        return [open_storage(f"s3://{s3_bucket}/{prefix}", s3_client=client)
+    def stores(filesystem: Any, run: str) -> list:
+        return [open_storage(f"s3://{s3_bucket}/{prefix}", filesystem=filesystem)
                 for prefix in ("src", f"{run}/work", f"{run}/report", f"{run}/release")]
 
     # the uninterrupted run, straight to the server
-    _run_stages(pipeline, *stores(s3_client, "reference"))
+    _run_stages(pipeline, *stores(_filesystem(s3_server.endpoint_url), "reference"))
     reference = object_digests(s3_client, s3_bucket, "reference/release")
     assert len(_without_marker(reference)) == 4
 
     with FaultProxy(s3_server.endpoint_url) as proxy:
-        source, work, report, release = stores(_client(proxy.endpoint_url), "run")
+        source, work, report, release = stores(_filesystem(proxy.endpoint_url), "run")
         shards = stages.list_shards(source, 2, work=work)
         for shard in shards:
             stages.detect_shard(pipeline, source, work, shard)

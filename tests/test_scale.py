@@ -173,9 +173,9 @@ def test_the_gate_bounds_the_failure_rate_over_all_batches():
 
 
 def test_publish_copies_server_side_in_parallel_and_refuses_a_changed_object(
-        s3_client, s3_bucket):
-    staging = open_storage(f"s3://{s3_bucket}/work/staging", s3_client=s3_client)
-    release = open_storage(f"s3://{s3_bucket}/release", s3_client=s3_client)
+        s3_fs, s3_bucket):
+    staging = open_storage(f"s3://{s3_bucket}/work/staging", filesystem=s3_fs)
+    release = open_storage(f"s3://{s3_bucket}/release", filesystem=s3_fs)
     records = []
     from airflow_privacy.core.images import sha256_bytes
 
@@ -184,10 +184,10 @@ def test_publish_copies_server_side_in_parallel_and_refuses_a_changed_object(
         staging.write(key, data)
         records.append({**synthetic_record(key), "output_sha256": sha256_bytes(data)})
     calls: list[str] = []
-    s3_client.meta.events.register("before-call.s3.CopyObject",
-                                   lambda **kw: calls.append("copy"))
-    s3_client.meta.events.register("before-call.s3.PutObject",
-                                   lambda params, **kw: calls.append(params["url_path"]))
+    s3_fs.s3.meta.events.register("before-call.s3.CopyObject",
+                                  lambda **kw: calls.append("copy"))
+    s3_fs.s3.meta.events.register("before-call.s3.PutObject",
+                                  lambda params, **kw: calls.append(params["url_path"]))
     result = publish(records, staging, release, policy="all_or_nothing", manifest_sha256="m")
     # server-side copies only: the one upload is the marker, last
     assert calls.count("copy") == 120 and calls[-1].endswith("/release/_SUCCESS")
@@ -205,7 +205,8 @@ def test_publish_copies_server_side_in_parallel_and_refuses_a_changed_object(
 # -- storage schemes -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("uri", ["gs://bucket/images", "abfs://c@account/p", "ftp://h/x"])
+@pytest.mark.parametrize("uri", ["gs://bucket/images", "abfs://c@account/p", "ftp://h/x",
+                                 "nosuchscheme://bucket/p"])
 def test_an_unsupported_scheme_fails_clearly_instead_of_reading_an_empty_folder(uri):
     with pytest.raises(SettingsError, match="not supported"):
         open_storage(uri)

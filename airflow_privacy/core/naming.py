@@ -136,17 +136,20 @@ def name_map_document(records: Sequence[dict[str, Any]], namer: Pseudonymizer) -
 
 
 def write_name_map(location: str, records: Sequence[dict[str, Any]], namer: Pseudonymizer,
-                   *, s3_client: Any = None) -> str:
+                   *, filesystem: Any = None) -> str:
     """Write the name map to ``location`` (a file path or ``s3://bucket/key``); its URI.
+
+    ``filesystem``: the fsspec filesystem for an object-store location (see
+    :func:`~airflow_privacy.storage.open_storage`); without one its scheme's default.
 
     The map is what links published pseudonyms to the original names, so it is
     written only where the user asked, atomically like every other object.
     """
     from pathlib import Path
 
-    from airflow_privacy.storage import open_storage
+    from airflow_privacy.storage import open_storage, scheme_of
 
-    if location.startswith("s3://"):
+    if scheme_of(location) not in (None, "file"):
         parent, _, name = location.rpartition("/")
         if not name or parent.count("/") < 2:
             raise NamingError(f"name map location {location!r} does not name an object")
@@ -155,7 +158,7 @@ def write_name_map(location: str, records: Sequence[dict[str, Any]], namer: Pseu
         parent, name = str(path.parent), path.name
         if location.endswith("/") or not name:
             raise NamingError(f"name map location {location!r} does not name a file")
-    storage = open_storage(parent, s3_client=s3_client)
+    storage = open_storage(parent, filesystem=filesystem)
     storage.write(name, name_map_document(records, namer))
     return storage.uri_of(name)
 

@@ -1,9 +1,11 @@
 """What every operator shares: opening locations through a connection, lineage, the shard base.
 
-Locations are URIs (a local path or ``s3://bucket/prefix``). For S3 the boto3
-client comes from the Amazon provider's ``S3Hook`` and the ``aws_conn_id``
-connection (credentials and ``endpoint_url`` live there), never from
-credentials passed as arguments; nothing secret reaches a log or an XCom.
+Locations are URIs: a local path, or object storage served by Airflow's
+``ObjectStoragePath`` (``s3://``, ``gs://``, ``abfs://`` ... through common-io and
+fsspec). For ``s3://`` the connection is the operators' ``aws_conn_id`` (credentials
+and ``endpoint_url`` live there); any location may name its own connection as
+``scheme://conn_id@bucket/prefix``. Nothing secret is an argument, and nothing
+secret reaches a log or an XCom.
 
 When the OpenLineage provider is installed, every operator reports its input
 and output locations as OpenLineage datasets (:class:`LineageMixin`); without
@@ -75,15 +77,82 @@ def attestation_key(conn_id: str | None) -> bytes | None:
 
 
 def open_locations(aws_conn_id: str | None, *uris: str) -> list[Storage]:
-    """Storages for ``uris``; one S3 client, built from the connection, shared by all."""
+    """Storages for ``uris``: local paths as folders, anything else through Airflow's
+    ``ObjectStoragePath`` and a connection (one filesystem per scheme and connection,
+    shared, so copies between two ``s3://`` locations stay server-side)."""
     from airflow_privacy.storage import open_storage
 
-    client = None
-    if any(uri.startswith("s3://") for uri in uris):
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    stores = []
+    for uri in uris:
+        location, filesystem = object_storage(uri, aws_conn_id)
+        stores.append(open_storage(location, filesystem=filesystem))
+    return stores
 
-        client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
-    return [open_storage(uri, s3_client=client) for uri in uris]
+
+#: Schemes served by the Amazon provider: their connection is the operators' ``aws_conn_id``.
+AWS_SCHEMES = frozenset({"s3", "s3a", "s3n"})
+
+#: The Airflow provider that registers each common scheme with ``ObjectStoragePath``.
+PROVIDERS = {
+    "s3": "apache-airflow-providers-amazon[s3fs]",
+    "s3a": "apache-airflow-providers-amazon[s3fs]",
+    "s3n": "apache-airflow-providers-amazon[s3fs]",
+    "gs": "apache-airflow-providers-google",
+    "gcs": "apache-airflow-providers-google",
+    "abfs": "apache-airflow-providers-microsoft-azure",
+    "abfss": "apache-airflow-providers-microsoft-azure",
+    "az": "apache-airflow-providers-microsoft-azure",
+    "adl": "apache-airflow-providers-microsoft-azure",
+}
+
+
+def object_storage(uri: str, aws_conn_id: str | None) -> tuple[str, Any]:
+    """``(location, filesystem)`` for ``uri``: the fsspec filesystem Airflow serves it with.
+
+    A local path or ``file://`` needs none (``(uri, None)``). Otherwise the connection is
+    the URI's user part (``gs://my_gcp@bucket/prefix``, as ``ObjectStoragePath`` reads
+    it), else ``aws_conn_id`` for ``s3://`` (so the S3 DAGs keep their ``aws_conn_id``),
+    else the provider's default connection. The location returned is the URI without
+    the connection id: that is what manifests and messages name.
+
+    A scheme no installed provider registers, or a connection that is not defined, is
+    a :class:`~airflow_privacy.exceptions.SettingsError` naming the scheme, the
+    connection and the provider to install: a retry cannot fix either.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from airflow_privacy.exceptions import SettingsError
+    from airflow_privacy.storage import scheme_of
+
+    scheme = scheme_of(uri)
+    if scheme in (None, "file"):
+        return uri, None
+    parts = urlsplit(uri)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        # user:password@ -- never echo the URI: it holds a secret
+        raise SettingsError(f"a {scheme}:// location holds credentials in its URI; "
+                            "put them in an Airflow connection and name its id instead")
+    conn_id = userinfo or (aws_conn_id if scheme in AWS_SCHEMES else None)
+    location = urlunsplit(parts._replace(netloc=host))
+    provider = PROVIDERS.get(scheme, "the Airflow provider that registers it")
+    connection = f"connection {conn_id!r}" if conn_id else "the provider's default connection"
+
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        filesystem = ObjectStoragePath(location, conn_id=conn_id).fs
+    except AirflowNotFoundException as exc:
+        raise SettingsError(
+            f"{location}: {connection} is not defined; define it (conn_type for "
+            f"{scheme}://, from {provider}) or name another as {scheme}://CONN_ID@...") from exc
+    except (ValueError, ImportError, NotImplementedError) as exc:
+        raise SettingsError(
+            f"{location}: no filesystem is registered for scheme {scheme!r} ({connection}); "
+            f"install {provider} and define the connection; "
+            f"Airflow said: {type(exc).__name__}: {exc}") from exc
+    return location, filesystem
 
 
 @contextmanager
@@ -109,10 +178,11 @@ def lineage_dataset_name(uri: str) -> tuple[str, str]:
     """OpenLineage naming: ``s3://bucket/a/b`` -> (``s3://bucket``, ``a/b``); a path -> file."""
     if uri.startswith("s3://"):
         bucket, _, prefix = uri[len("s3://"):].partition("/")
-        return f"s3://{bucket}", prefix.strip("/") or "/"
+        return f"s3://{bucket.rpartition('@')[2]}", prefix.strip("/") or "/"
     if "://" in uri:
         scheme, _, rest = uri.partition("://")
         host, _, path = rest.partition("/")
+        host = host.rpartition("@")[2]  # a connection id (gs://conn@bucket) names no dataset
         return f"{scheme}://{host}", path or "/"
     from pathlib import Path
 
@@ -160,7 +230,8 @@ class ShardOperator(LineageMixin, BaseOperator):
     :param shard: one element of :class:`ListImageShardsOperator`'s output
     :param settings: ``RunSettings.to_dict()`` (or part of it); templated
     :param aws_conn_id: connection for ``s3://`` locations (default ``aws_default``, as in the
-        Amazon provider); ``None``: boto3's default chain
+        Amazon provider); ``None``: boto3's default chain. Other schemes name theirs in the
+        URI (``gs://conn_id@bucket/prefix``) or use their provider's default
     """
 
     template_fields: Sequence[str] = ("source", "work", "settings", "aws_conn_id")

@@ -64,7 +64,8 @@ class Storage(ABC):
         keeps ``dest``'s atomicity. Backends override it when they can copy without
         the bytes passing through this process (S3 server-side copy).
         """
-        target = check_key(key if dest_key is None else dest_key)  # refuse before reading
+        target = key if dest_key is None else dest_key
+        dest.uri_of(target)  # refuse an unsafe key by dest's own rules, before reading
         dest.write(target, self.read(key))
 
     def copy_checked(self, key: str, dest: Storage, sha256: str,
@@ -75,7 +76,8 @@ class Storage(ABC):
         Generic: read, hash, write. S3 overrides it with a server-side copy pinned
         to the ETag of the bytes it hashed, so nothing is uploaded again.
         """
-        target = check_key(key if dest_key is None else dest_key)
+        target = key if dest_key is None else dest_key
+        dest.uri_of(target)  # refuse an unsafe key by dest's own rules, before reading
         data = self.read(key)
         if hashlib.sha256(data).hexdigest() != sha256:
             return False
