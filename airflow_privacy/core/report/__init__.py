@@ -19,10 +19,17 @@ Three rules shape it:
   ``templates/report.html.j2`` with Jinja2 autoescape on, and control/format
   characters (newlines, bidi overrides) are shown as visible escapes so a name
   cannot pretend to be another.
-* **Same inputs, same bytes.** Records are sorted by source, nothing reads a
+* **Same inputs, same bytes.** Rows are chosen and shown by source, nothing reads a
   clock (the run's start and end come in with its identity), and thumbnails
   are encoded deterministically, so a report can be diffed and hashed like the
   manifest.
+
+**Any size, bounded page.** Everything is computed in one pass over the
+records (:mod:`.facts`): ``manifest.jsonl`` is streamed line by line, so a
+million-record manifest is reported in bounded memory. Totals, the story and
+the histogram are exact; per-image rows are capped (``max_rows``), most urgent
+first (quarantined or rejected, then remediated or with dismissed candidates),
+and the page says how many are not shown: the manifest holds every record.
 
 It opens with what happened to people in plain language (:mod:`.story`), then
 the run's identity and provenance, then the technical evidence. An
@@ -31,7 +38,13 @@ and can be HMAC-signed; both are kept per run (:mod:`.writer`).
 """
 
 from airflow_privacy.core.report.attestation import verify_attestation
-from airflow_privacy.core.report.render import HISTOGRAM_BINS, render_report
+from airflow_privacy.core.report.facts import (
+    DEFAULT_MAX_ROWS,
+    HISTOGRAM_BINS,
+    ReportFacts,
+    collect,
+)
+from airflow_privacy.core.report.render import render_facts, render_report
 from airflow_privacy.core.report.story import run_identity
 from airflow_privacy.core.report.thumbnails import (
     REGION_COLOR,
@@ -41,20 +54,26 @@ from airflow_privacy.core.report.thumbnails import (
 from airflow_privacy.core.report.writer import (
     ATTESTATION,
     REPORT,
+    write_facts,
     write_report,
     write_report_from,
 )
 
 __all__ = [
     "ATTESTATION",
+    "DEFAULT_MAX_ROWS",
     "HISTOGRAM_BINS",
     "REGION_COLOR",
     "REMEDIATION_COLOR",
     "REPORT",
+    "ReportFacts",
     "THUMBNAIL_QUALITY",
+    "collect",
+    "render_facts",
     "render_report",
     "run_identity",
     "verify_attestation",
+    "write_facts",
     "write_report",
     "write_report_from",
 ]

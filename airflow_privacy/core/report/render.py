@@ -11,59 +11,93 @@ and that is assembled by the template from pieces :func:`visible` returns.
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Any
 
 import jinja2
 
-from airflow_privacy.core.manifest import VALIDATION
-from airflow_privacy.core.publish import POLICIES, releasable
+from airflow_privacy.core.manifest import MANIFEST, VALIDATION
+from airflow_privacy.core.report.facts import (
+    CATEGORIES,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_THUMBNAILS,
+    HISTOGRAM_BINS,
+    ReportFacts,
+    collect,
+)
 from airflow_privacy.core.report.story import plain_summary
 from airflow_privacy.core.report.thumbnails import thumbnail
-from airflow_privacy.core.status import Status
 from airflow_privacy.storage import Storage
 
-HISTOGRAM_BINS = 10
 TEMPLATE = "report.html.j2"
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}  # control characters shown by name
 
 
 def render_report(
-    records: Sequence[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
     summary: dict[str, Any],
     release: Storage | None,
     *,
     validation: dict[str, Any] | None = None,
-    max_thumbnails: int = 200,
+    max_thumbnails: int = DEFAULT_MAX_THUMBNAILS,
     thumbnail_size: int = 256,
+    max_rows: int = DEFAULT_MAX_ROWS,
     run: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> str:
-    """The page as text; :func:`~.writer.write_report` stores it. Split out for tests.
+    """The page for records in memory, as text; :func:`render_facts` does the work.
 
     ``run``: the run's identity (:func:`~.story.run_identity`); ``provenance``:
     versions, model pins, settings, retention and hashes, shown as technical evidence.
+    ``max_rows`` and ``max_thumbnails`` bound the page: see :mod:`.facts`.
     """
-    if thumbnail_size < 16:
-        raise ValueError(f"thumbnail_size must be >= 16, not {thumbnail_size}")
-    ordered = sorted(records, key=lambda r: str(r.get("source")))
-    published = _published(ordered, summary)
+    check_thumbnail_size(thumbnail_size)
+    facts = collect(records, summary, max_rows=max_rows, max_thumbnails=max_thumbnails)
+    return render_facts(facts, release, validation=validation, thumbnail_size=thumbnail_size,
+                        run=run, provenance=provenance)
+
+
+def render_facts(
+    facts: ReportFacts,
+    release: Storage | None,
+    *,
+    validation: dict[str, Any] | None = None,
+    thumbnail_size: int = 256,
+    run: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    story: dict[str, Any] | None = None,
+) -> str:
+    """The page from one pass's :class:`~.facts.ReportFacts`; its size does not grow with them.
+
+    ``story``: :func:`~.story.plain_summary` of ``facts`` when the caller already has it.
+    """
+    check_thumbnail_size(thumbnail_size)
+    summary = facts.summary
+    rows = facts.rows(thumbnails=release is not None)
     context = {  # plain data only: every bit of markup is the template's
-        "story": plain_summary(ordered, summary),
+        "story": story if story is not None else plain_summary(facts),
         "run": [{"key": k, "value": v} for k, v in (run or {}).items() if v is not None],
         "provenance": [{"key": k, "value": _as_text(v)} for k, v in (provenance or {}).items()],
-        "totals": _totals(ordered, summary),
-        "verification": _verification(ordered),
+        "totals": _totals(facts),
+        "verification": _verification(facts),
         "validation_file": VALIDATION,
         "validation": None if validation is None else _validation(validation, summary),
-        "histogram": _histogram(ordered, summary),
-        "rows": [_row(record, published) for record in ordered],
-        "candidates": any(isinstance(r.get("candidates"), list) for r in ordered),
-        "thumbnails": _thumbnails(ordered, published, release, max_thumbnails, thumbnail_size),
+        "histogram": _histogram(facts),
+        "rows": rows,
+        "capped": _capped(facts, rows),
+        "manifest_file": MANIFEST,
+        "candidates": facts.candidates,
+        "thumbnails": _thumbnails(facts, release, thumbnail_size),
     }
     return _environment().get_template(TEMPLATE).render(context)
+
+
+def check_thumbnail_size(size: int) -> None:
+    """Fail before a long pass over the manifest, not after it."""
+    if size < 16:
+        raise ValueError(f"thumbnail_size must be >= 16, not {size}")
 
 
 @cache
@@ -78,35 +112,19 @@ def _environment() -> jinja2.Environment:
     return environment
 
 
-# -- what was published -----------------------------------------------------------------------
-
-
-def _published(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> set[str]:
-    """Source keys whose outputs the publish step released.
-
-    Recomputed with the publish step's own :func:`releasable` under the summary's
-    policy (the summary has counts, not keys), so a withheld output (e.g. under
-    ``all_or_nothing``) is never shown. Nothing counts as published while the
-    summary says publication has not happened (``published`` is null).
-    """
-    policy = summary.get("policy")
-    if not summary.get("published") or policy not in POLICIES:
-        return set()
-    return {str(r["source"]) for r in releasable(records, policy)}
-
-
 # -- sections ---------------------------------------------------------------------------------
 
 
-def _totals(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _totals(facts: ReportFacts) -> list[dict[str, Any]]:
     """The summary's counts and provenance; the models actually used come from the records."""
-    models = _distinct(records, "model")
-    faces = _distinct(records, "face_model")
+    summary = facts.summary
+    models = facts.models("model")
+    faces = facts.models("face_model")
     if not models:
         name = ((summary.get("settings") or {}).get("detection") or {}).get("model")
         models = [{"name": name, "sha256": None}] if name else []
     items = [
-        ("images", "Images", summary.get("images", len(records))),
+        ("images", "Images", summary.get("images", facts.records)),
         ("published", "Published", _or_pending(summary.get("published"))),
         ("verified", "Verified", summary.get("verified")),
         ("quarantined", "Quarantined", summary.get("quarantined")),
@@ -127,11 +145,11 @@ def _totals(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[
     return [{"key": key, "label": label, "value": value} for key, label, value in items]
 
 
-def _verification(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _verification(facts: ReportFacts) -> dict[str, Any]:
     """Per-image verification as one verdict: every image must be verified to pass."""
-    verified = sum(1 for r in records if r.get("status") == Status.VERIFIED)
-    failed = len(records) - verified
-    return {"images": len(records), "verified": verified, "failed": failed, "passed": not failed}
+    failed = facts.records - facts.verified
+    return {"images": facts.records, "verified": facts.verified, "failed": failed,
+            "passed": not failed}
 
 
 def _validation(validation: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
@@ -156,20 +174,14 @@ def _validation(validation: dict[str, Any], summary: dict[str, Any]) -> dict[str
     }
 
 
-def _histogram(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+def _histogram(facts: ReportFacts) -> dict[str, Any]:
     """Detection confidences in equal bins over [0, 1]: the geometry of the SVG bars.
 
     Shows whether the run sat near its threshold (many detections just above
     it suggest others just below); the threshold is drawn as a line.
     """
     edges = [i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
-    counts = [0] * HISTOGRAM_BINS
-    for record in records:
-        for detection in record.get("detections") or []:
-            confidence = detection.get("confidence")
-            if isinstance(confidence, int | float):
-                index = min(max(bisect_right(edges, float(confidence)) - 1, 0), HISTOGRAM_BINS - 1)
-                counts[index] += 1
+    counts = facts.histogram
     width, height, left, bottom, top = 560, 220, 40, 30, 20
     plot_h = height - bottom - top
     bar_w = (width - left - 10) / HISTOGRAM_BINS
@@ -184,7 +196,7 @@ def _histogram(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> di
             "count": count, "x": x, "y": y, "width": round(bar_w - 4, 1), "height": bar_h,
             "count_x": round(x + (bar_w - 4) / 2, 1), "count_y": round(y - 4, 1),
         })
-    threshold = ((summary.get("settings") or {}).get("detection") or {}).get("confidence")
+    threshold = ((facts.summary.get("settings") or {}).get("detection") or {}).get("confidence")
     line = None
     if isinstance(threshold, int | float) and 0 <= threshold <= 1:
         line = {"x": round(left + float(threshold) * (width - left - 10), 1), "value": threshold}
@@ -192,49 +204,30 @@ def _histogram(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> di
             "height": height, "left": left, "top": top, "base": height - bottom}
 
 
-def _row(record: dict[str, Any], published: set[str]) -> dict[str, Any]:
-    """One table row's facts; ``shown`` says whether a verified output was also published."""
-    status = str(record.get("status"))
-    source = str(record.get("source"))
-    verification = record.get("verification") or {}
-    retention = [v for v in verification.get("retention") or [] if isinstance(v, int | float)]
-    shown = status
-    if status == Status.VERIFIED:
-        shown = "published" if source in published else "verified, not published"
-    candidates = record.get("candidates")  # newer records: every candidate and its fate
-    dismissed = None
-    if isinstance(candidates, list):
-        dismissed = sum(1 for c in candidates if isinstance(c, dict)
-                        and c.get("decision") == "dismissed")
-    return {
-        "status": status, "source": source, "shown": shown,
-        "persons": record.get("persons_detected"),
-        "regions": len(record.get("regions") or []),
-        "retention": f"{max(retention):.4f}" if retention else None,
-        "residuals": len(verification.get("residuals") or []),
-        "reason": _reason(record),
-        "unchanged": record.get("pixels_unchanged") is True, "dismissed": dismissed,
-    }
+def _capped(facts: ReportFacts, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the rows leave out, per category, when there are more images than ``max_rows``."""
+    hidden = facts.records - len(rows)
+    if hidden <= 0:
+        return None
+    shown = Counter(row["category"] for row in rows)
+    return {"shown": len(rows), "hidden": hidden, "images": facts.records,
+            "limit": facts.max_rows,
+            "categories": [{"key": key, "label": label, "images": facts.categories[key],
+                            "shown": shown[key]} for key, label in CATEGORIES
+                           if facts.categories[key]]}
 
 
-def _thumbnails(
-    records: Sequence[dict[str, Any]],
-    published: set[str],
-    release: Storage | None,
-    limit: int,
-    size: int,
-) -> dict[str, Any]:
-    """Figures for the first ``limit`` published records, in source order; none for others."""
-    chosen, figures = [r for r in records if str(r.get("source")) in published], []
-    if release is None:  # the run ended before publishing (e.g. at the quality gate)
-        chosen = []
-    limit = max(0, limit)
-    for record in chosen[:limit]:
+def _thumbnails(facts: ReportFacts, release: Storage | None, size: int) -> dict[str, Any]:
+    """Figures for the first ``max_thumbnails`` published records, in source order."""
+    chosen = facts.thumbnail_records() if release is not None else []  # None: not published
+    figures = []
+    for record in chosen:
         key = str(record.get("output_key") or record.get("source"))
         thumb = thumbnail(release, record, key, size)
         figures.append({"source": record.get("source"), "uri": thumb.data_uri, "note": thumb.note,
                         "width": thumb.width, "height": thumb.height})
-    return {"figures": figures, "more": len(chosen) - len(figures), "limit": limit}
+    more = facts.published - len(figures) if release is not None else 0
+    return {"figures": figures, "more": more, "limit": facts.max_thumbnails}
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -252,24 +245,6 @@ def _observed(result: dict[str, Any]) -> str:
     if "unexpected_count" in observed:
         return f": {observed['unexpected_count']} unexpected"
     return ""
-
-
-def _reason(record: dict[str, Any]) -> str:
-    error = record.get("error") or {}
-    if error:
-        code, message = error.get("code"), error.get("message")
-        return f"{code}: {message}" if message else str(code)
-    rounds = (record.get("verification") or {}).get("remediation_rounds") or 0
-    return f"remediated in {rounds} round{'s' if rounds != 1 else ''}" if rounds else ""
-
-
-def _distinct(records: Sequence[dict[str, Any]], field: str) -> list[dict[str, Any]]:
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in records:
-        value = record.get(field)
-        if isinstance(value, dict):
-            seen.setdefault((str(value.get("name")), str(value.get("sha256"))), value)
-    return [seen[k] for k in sorted(seen)]
 
 
 def _models_text(models: Sequence[dict[str, Any]]) -> str:

@@ -14,14 +14,10 @@ clock or Airflow for it, so a report is still reproducible from its inputs.
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from airflow_privacy.core.inputs import SKIPPED
-from airflow_privacy.core.publish import POLICIES, releasable
-from airflow_privacy.core.status import Status
+from airflow_privacy.core.report.facts import ReportFacts
 
 RUN_FIELDS = ("driver", "dag_id", "run_id", "logical_date", "started", "ended", "triggered_by",
               "run_type", "task_id", "try_number")
@@ -48,60 +44,54 @@ def run_folder(run: dict[str, Any] | None) -> str | None:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(run_id)).strip(".-") or None
 
 
-def plain_summary(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
-    """The sentences at the top of the report, and the lists they refer to."""
-    policy = summary.get("policy")
-    published = ({str(r["source"]) for r in releasable(records, policy)}
-                 if summary.get("published") and policy in POLICIES else set())
-    verified = [r for r in records if r.get("status") == Status.VERIFIED]
-    skipped = [r for r in records if _code(r) in SKIPPED]
-    rejected = [r for r in records if r.get("status") == Status.ERROR and _code(r) not in SKIPPED]
-    quarantined = [r for r in records if r.get("status") == Status.QUARANTINED]
-    withheld_by_policy = [r for r in verified if str(r.get("source")) not in published]
-    people = sum(int(r.get("persons_detected") or 0) for r in verified)
-    dismissed = sum(1 for r in records for c in r.get("candidates") or []
-                    if isinstance(c, dict) and c.get("decision") == "dismissed")
-    unchanged = sum(1 for r in verified if r.get("pixels_unchanged") is True
-                    and str(r.get("source")) in published)
-    faces_left = sum(1 for r in records if str(r.get("source")) in published
-                     for x in (r.get("verification") or {}).get("residuals") or []
-                     if isinstance(x, dict) and x.get("kind") == "face")
-    reasons: Counter[str] = Counter()
-    if quarantined:
-        reasons["a person was still visible after anonymizing, so it was not published"] = len(
-            quarantined)
-    for record in rejected:
-        reasons[f"the file could not be processed ({_code(record)})"] += 1
+def plain_summary(facts: ReportFacts) -> dict[str, Any]:
+    """The sentences at the top of the report, and the lists they refer to.
+
+    From :class:`~.facts.ReportFacts`, so the story is the same counts for ten
+    images or a million; only the list of skipped files is capped (``max_rows``).
+    """
+    policy = facts.summary.get("policy")
+    people, dismissed, published = facts.people, facts.dismissed, facts.published
+    rejected = sum(facts.rejected.values())
+    withheld_by_policy = facts.verified - published
+    reasons: list[tuple[int, str]] = []
+    if facts.quarantined:
+        reasons.append((facts.quarantined, "a person was still visible after anonymizing, so it "
+                        "was not published"))
+    for code, n in sorted(facts.rejected.items(), key=lambda item: (-item[1], item[0])):
+        reasons.append((n, f"the file could not be processed ({code})"))
     if withheld_by_policy:
-        reasons[f"the {policy} policy withholds every image when any one fails"] += len(
-            withheld_by_policy)
-    held = len(quarantined) + len(rejected) + len(withheld_by_policy)
-    pending = summary.get("published") is None
+        reasons.append((withheld_by_policy,
+                        f"the {policy} policy withholds every image when any one fails"))
+    reasons.sort(key=lambda reason: -reason[0])  # stable: ties keep the order above
+    held = facts.quarantined + rejected + withheld_by_policy
+    pending = facts.summary.get("published") is None
+    skipped = facts.skipped
+    faces_left = facts.faces_left
     sentences = [
-        f"{len(records) - len(skipped)} images; {people} "
+        f"{facts.records - skipped} images; {people} "
         f"{'person' if people == 1 else 'people'} found and hidden; {dismissed} "
         f"candidate{'s' if dismissed != 1 else ''} dismissed as not a person.",
         "Nothing was published yet." if pending else
-        f"{len(published)} image{'s' if len(published) != 1 else ''} published, {unchanged} of "
+        f"{published} image{'s' if published != 1 else ''} published, {facts.unchanged} of "
         "them unchanged (no one in them).",
         f"{held} image{'s' if held != 1 else ''} withheld"
-        + (": " + "; ".join(f"{n} because {why}" for why, n in reasons.most_common()) + "."
+        + (": " + "; ".join(f"{n} because {why}" for n, why in reasons) + "."
            if reasons else "."),
         f"{faces_left} face{'s' if faces_left != 1 else ''} left by the independent check "
         "on what was published.",
     ]
+    listed = facts.skipped_files()
     if skipped:
-        sentences.append(f"{len(skipped)} listed file{'s' if len(skipped) != 1 else ''} "
-                         "skipped (not images this pipeline reads); listed below.")
+        sentences.append(f"{skipped} listed file{'s' if skipped != 1 else ''} "
+                         "skipped (not images this pipeline reads); listed below"
+                         + (f" (the first {len(listed)} by name)." if len(listed) < skipped
+                            else "."))
     return {
         "sentences": sentences,
-        "skipped": [{"source": r.get("source"), "what": r.get("format") or "unknown",
-                     "sha256": r.get("input_sha256")} for r in skipped],
-        "counts": {"images": len(records) - len(skipped), "people_hidden": people,
-                   "dismissed": dismissed, "published": len(published), "unchanged": unchanged,
-                   "withheld": held, "faces_left": faces_left, "skipped": len(skipped)},
+        "skipped": listed,
+        "skipped_more": skipped - len(listed),
+        "counts": {"images": facts.records - skipped, "people_hidden": people,
+                   "dismissed": dismissed, "published": published, "unchanged": facts.unchanged,
+                   "withheld": held, "faces_left": faces_left, "skipped": skipped},
     }
-
-
-def _code(record: dict[str, Any]) -> str | None:
-    return (record.get("error") or {}).get("code")
