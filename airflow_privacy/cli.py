@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                      help="images processed concurrently, overlapping I/O with inference "
                      "(default: 2; 1 processes strictly one after the other)")
+    run.add_argument("--incremental", action="store_true",
+                     help="process only inputs the release does not already hold under the same "
+                     "settings (same input sha256); their records are carried into the new "
+                     "manifest and outputs of vanished or changed inputs are retracted")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     models = commands.add_parser("models", help="manage model weights")
@@ -218,6 +222,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         result = run_batch(source, release, report, pipeline, policy=args.policy,
                            progress=progress, namer=namer, retention=retention,
                            run=_run_identity(), attestation_key=key,
+                           incremental=args.incremental,
                            attestation_key_id=f"env:{args.attestation_key_env}" if key else None,
                            **({"workers": args.workers} if args.workers else {}))
         if args.name_map:
@@ -231,6 +236,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"{s['quarantined']} quarantined, {s['errors']} rejected, {s['withheld']} withheld; "
         f"report in {args.report}"
     )
+    if (increment := s.get("incremental")) is not None:
+        print(f"incremental: {increment['carried']} carried from the previous release, "
+              f"{increment['retracted']} retracted; {increment['reason']}")
     return EXIT_OK if result.all_published else EXIT_INCOMPLETE
 
 

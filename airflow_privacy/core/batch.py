@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_privacy.core import flow
+from airflow_privacy.core.incremental import Increment
 from airflow_privacy.core.inputs import listing, read_input
 from airflow_privacy.core.manifest import summarize, write_manifest, write_summary
 from airflow_privacy.core.naming import Namer, output_key
@@ -81,6 +82,7 @@ def run_batch(
     run: dict[str, Any] | None = None,
     attestation_key: bytes | None = None,
     attestation_key_id: str | None = None,
+    incremental: bool = False,
 ) -> BatchResult:
     """``namer``: publish under pseudonyms (:class:`~airflow_privacy.core.naming.Pseudonymizer`).
 
@@ -88,12 +90,29 @@ def run_batch(
     ``retention``: what is kept of rejected inputs and for how long quarantine is kept.
     ``run``: the run's identity for the report (``started``/``ended`` are filled in when
     missing); ``attestation_key`` signs ``attestation.json``.
+    ``incremental``: process only inputs the previous release (in ``release``, with its
+    manifest in ``report``) does not already hold under the same settings; their
+    records are carried into the new manifest and outputs of vanished or changed
+    inputs retracted (:mod:`~airflow_privacy.core.incremental`, shared with the
+    Airflow list task). The summary's ``incremental`` says what was decided and why.
     """
     retention = retention or Retention()
     run = dict(run or {})
     run.setdefault("started", datetime.now(UTC).isoformat())
     started = time.perf_counter()
     keys, refused, ignored = listing(source, namer)
+    increment, carried = None, []
+    if incremental:  # decided before anything is written: the report still holds the baseline
+        increment = Increment.open(source, release, report, pipeline.settings.key(),
+                                   namer=namer)
+        todo = []
+        for key, prior in increment.walk(keys, refused):
+            if prior is None:
+                todo.append(key)
+            else:
+                carried.append(prior)
+        keys = todo
+        log.info("incremental: %d carried, %d to process", len(carried), len(keys))
     staging = report.child(STAGING)
     quarantine = report.child(QUARANTINE)
 
@@ -106,12 +125,18 @@ def run_batch(
     for key, record in in_order(one, keys, workers=workers, progress=progress):
         records.append(record)
         log.info("%s: %s", key, record["status"])
+    processed = len(records)
+    records += carried
     manifest_sha256 = write_manifest(report, records)
-    released = publish(records, staging, release, policy=policy, manifest_sha256=manifest_sha256)
-    for record in records:
+    released = publish(records, staging, release, policy=policy, manifest_sha256=manifest_sha256,
+                       retract=[r["output_key"] for r in increment.retractions]
+                       if increment else ())
+    for record in records[:processed]:
         if record["status"] == Status.VERIFIED:
             staging.delete(record["output_key"])
     elapsed = time.perf_counter() - started
+    extra = {} if increment is None else {
+        "incremental": increment.summary() | {"retracted": released["retracted"]}}
     summary = summarize(
         records,
         published=released["published"],
@@ -122,9 +147,10 @@ def run_batch(
         settings=pipeline.settings.to_dict(),
         settings_key=pipeline.settings.key(),
         elapsed_s=round(elapsed, 2),
-        images_per_second=round(len(records) / elapsed, 3) if elapsed > 0 else None,
+        images_per_second=round(processed / elapsed, 3) if elapsed > 0 else None,
         release=release.uri,
         release_sha256=released["release_sha256"] if released["published"] else None,
+        **extra,
     )
     write_summary(report, summary)
     expire_quarantine(quarantine, retention.quarantine_days)

@@ -10,7 +10,7 @@ written last, so a consumer that sees it knows the release is complete.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any, Literal
 
@@ -34,12 +34,14 @@ def releasable(records: Iterable[dict[str, Any]], policy: Policy) -> list[dict[s
             and (r["output_key"], r["output_sha256"]) in keys]
 
 
-def plan_release(records: Iterable[dict[str, Any]],
-                 policy: Policy) -> tuple[list[tuple[str, str]], int, int]:
+def plan_release(records: Iterable[dict[str, Any]], policy: Policy,
+                 kept: set[str] | None = None) -> tuple[list[tuple[str, str]], int, int]:
     """``(output_key, output_sha256)`` of what may be released; verified and all records.
 
     One pass over records of any number, keeping two short strings per verified
     output (about 200 bytes each): a million-image release plans in ~200 MB.
+    ``kept`` collects the output keys of records carried from the previous release
+    (``carried_from``, an incremental run): already in the release, not in staging.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown publish policy {policy!r}; expected one of {POLICIES}")
@@ -53,6 +55,8 @@ def plan_release(records: Iterable[dict[str, Any]],
             verified += 1
             if r.get("output_sha256") and r.get("output_key"):
                 chosen.append((r["output_key"], r["output_sha256"]))
+                if kept is not None and r.get("carried_from"):
+                    kept.add(r["output_key"])
     if policy == "all_or_nothing" and len(chosen) != processed:
         return [], verified, total
     return chosen, verified, total
@@ -66,11 +70,19 @@ def publish(
     policy: Policy,
     manifest_sha256: str,
     workers: int = PUBLISH_WORKERS,
+    retract: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Copy releasable outputs from ``staging`` to ``release``; returns what was released."""
-    chosen, verified, total = plan_release(records, policy)
+    """Copy releasable outputs from ``staging`` to ``release``; returns what was released.
+
+    Records carried from the previous release are not copied (their outputs are
+    there already); ``retract``: outputs of the previous release to remove
+    (:func:`copy_release`).
+    """
+    kept: set[str] = set()
+    chosen, verified, total = plan_release(records, policy, kept)
     return copy_release(chosen, verified, staging, release, policy=policy,
-                        manifest_sha256=manifest_sha256, empty=total == 0, workers=workers)
+                        manifest_sha256=manifest_sha256, empty=total == 0, workers=workers,
+                        kept=kept, retract=retract)
 
 
 def copy_release(
@@ -83,6 +95,8 @@ def copy_release(
     manifest_sha256: str,
     empty: bool = False,  # no record at all: an empty release is complete, so it gets a marker
     workers: int = PUBLISH_WORKERS,
+    kept: Collection[str] = frozenset(),
+    retract: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Copy the planned outputs, ``workers`` at a time, then write ``_SUCCESS`` last.
 
@@ -94,10 +108,23 @@ def copy_release(
     the publish before any marker is written. A ``_SUCCESS`` pinning another
     manifest is removed before the release changes. Idempotent: re-running with
     the same manifest writes the same keys with the same bytes and the same marker.
+
+    Incremental runs: ``kept`` outputs are already in the release with their
+    verified bytes (checked when they were carried) and are not copied; ``retract``
+    names outputs of the previous release whose inputs vanished or were processed
+    again. Those not published again are deleted after the copies and before the
+    marker, and only when a marker is written: a withheld release (``all_or_nothing``
+    with a failure) changes nothing, so the previous release stays whole.
     """
-    if chosen:
+    marked = bool(chosen) or empty
+    retract = set(retract) if marked else set()
+    stale = sorted(retract - {key for key, _ in chosen}) if retract else []
+    if chosen or stale:
         _retract_other_marker(release, manifest_sha256)
-    _copy_all(chosen, staging, release, max(1, workers))
+    _copy_all([item for item in chosen if item[0] not in kept], staging, release,
+              max(1, workers))
+    for key in stale:
+        release.delete(key)
     marker = {
         "manifest_sha256": manifest_sha256,
         "published": len(chosen),
@@ -106,9 +133,10 @@ def copy_release(
         # sha256 over the sorted "key sha256" lines: what a consumer can check the release by
         "release_sha256": release_digest(chosen),
     }
-    if chosen or empty:
+    if marked:
         release.write_text(SUCCESS_MARKER, json.dumps(marker, sort_keys=True) + "\n")
-    return {**marker, "keys": [key for key, _ in chosen]}
+    return {**marker, "keys": [key for key, _ in chosen], "retracted": len(stale),
+            "kept": len(kept) if chosen else 0}  # carried outputs are among the chosen
 
 
 def _copy_all(chosen: Sequence[tuple[str, str]], staging: Storage, release: Storage,
@@ -151,3 +179,14 @@ def _retract_other_marker(release: Storage, manifest_sha256: str) -> None:
         current = None
     if current != manifest_sha256:
         release.delete(SUCCESS_MARKER)
+
+
+def read_marker(release: Storage) -> dict[str, Any] | None:
+    """The release's ``_SUCCESS`` marker as a dict, or None (absent or unreadable)."""
+    if not release.exists(SUCCESS_MARKER):
+        return None
+    try:
+        marker = json.loads(release.read_text(SUCCESS_MARKER))
+    except ValueError:
+        return None
+    return marker if isinstance(marker, dict) else None

@@ -8,11 +8,14 @@ it publishes from is exactly the one that was validated.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow_privacy.core.images import sha256_bytes
+from airflow_privacy.core.incremental import carried_records, read_retractions
 from airflow_privacy.core.inputs import SKIPPED
 from airflow_privacy.core.manifest import (
     MANIFEST,
@@ -29,11 +32,19 @@ from airflow_privacy.core.publish import (
     PublishRefused,
     copy_release,
     plan_release,
+    read_marker,
     release_digest,
 )
 from airflow_privacy.core.report import write_report_from
 from airflow_privacy.core.settings import RunSettings
-from airflow_privacy.core.shards import RECORDS, STAGING, Shard, load_shard, read_entries
+from airflow_privacy.core.shards import (
+    PLAN,
+    RECORDS,
+    STAGING,
+    Shard,
+    load_shard,
+    read_entries,
+)
 from airflow_privacy.core.status import Status
 from airflow_privacy.storage import Storage
 
@@ -53,6 +64,9 @@ def assemble_manifest(
     source (byte for byte what :func:`~airflow_privacy.core.manifest.write_manifest`
     writes), and the summary is summed from each shard's totals. The returned
     records are re-read from the shard files when iterated, never held.
+    An incremental run's carried records (:mod:`~airflow_privacy.core.incremental`)
+    are merged in by source, so the manifest describes the whole release; the
+    summary's ``incremental`` says what was carried and why.
 
     A shard without records raises (its verify task did not run), so a manifest
     is never written for part of the input. Publication facts are added to the
@@ -86,8 +100,25 @@ def assemble_manifest(
         "manifest_sha256": manifest_sha256, "settings": run.to_dict(),
         "settings_key": run.key(), "release": None,
     }
+    if (increment := _plan(work).get("incremental")) is not None:
+        summary["incremental"] = increment
     write_summary(report, summary)
     return records, manifest_sha256
+
+
+MERGED_PART = 1000  # records per part when carried records are merged in
+
+
+def _source(record: dict[str, Any]) -> str:
+    return str(record["source"])
+
+
+def _plan(work: Storage) -> dict[str, Any]:
+    """The list task's ``plan.json`` (empty when there is none, e.g. shards made in a test)."""
+    if not work.exists(PLAN):
+        return {}
+    plan = json.loads(work.read_text(PLAN))
+    return plan if isinstance(plan, dict) else {}
 
 
 class ManifestRecords:
@@ -102,11 +133,36 @@ class ManifestRecords:
         self.by_status: dict[str, int] = {}
 
     def parts(self) -> Iterator[list[dict[str, Any]]]:
-        """Each shard's records, sorted by source; shards must not overlap or go backwards."""
+        """Sorted runs of records: each shard's, with the carried records merged in.
+
+        Shards must not overlap or go backwards, and no carried record may have
+        the key of a processed one.
+        """
+        carried = carried_records(self._work)
+        first = next(carried, None)
+        if first is None:
+            yield from self._shard_parts()
+            return
+        processed = (record for part in self._shard_parts() for record in part)
+        part: list[dict[str, Any]] = []
+        last: str | None = None
+        for record in heapq.merge(processed, itertools.chain([first], carried), key=_source):
+            if last is not None and record["source"] <= last:
+                raise RuntimeError(f"{record['source']!r} is both carried and processed, or "
+                                   "the carried records are not sorted")
+            last = record["source"]
+            part.append(record)
+            if len(part) >= MERGED_PART:
+                yield part
+                part = []
+        if part:
+            yield part
+
+    def _shard_parts(self) -> Iterator[list[dict[str, Any]]]:
         last: str | None = None
         for shard in self._shards:
             part = sorted(read_entries(self._work, RECORDS, load_shard(self._work, shard))
-                          .values(), key=lambda record: record["source"])
+                          .values(), key=_source)
             if part and last is not None and part[0]["source"] <= last:
                 raise RuntimeError(f"shard {shard['shard_id']} overlaps or precedes the one "
                                    "before it: the shards are not one listing")
@@ -143,7 +199,11 @@ def publish_release(
     task removes it afterwards). ``previous_release_sha256`` in the result is
     the ``release_sha256`` of the ``_SUCCESS`` found before publishing: equal to
     the new one when this publish changed nothing (a re-run), so no new Asset
-    event is due. ``report_options`` go to
+    event is due. An incremental run's carried outputs stay where they are and
+    the previous release's outputs its list task marked for retraction
+    (:func:`~airflow_privacy.core.incremental.read_retractions`) are removed unless
+    published again (``retracted`` in the result and the summary).
+    ``report_options`` go to
     :func:`~airflow_privacy.core.report.write_report` (run identity, retention, key).
     """
     previous = read_marker(release)
@@ -155,7 +215,8 @@ def publish_release(
             if line.strip():
                 yield json.loads(line)
 
-    chosen, verified, images = plan_release(streamed(), policy)
+    kept: set[str] = set()
+    chosen, verified, images = plan_release(streamed(), policy, kept)
     actual = digest.hexdigest()
     if manifest_sha256 and actual != manifest_sha256:
         raise PublishRefused(f"{report.uri_of(MANIFEST)} changed after it was validated")
@@ -167,30 +228,23 @@ def publish_release(
             raise PublishRefused(f"{report.uri_of(VALIDATION)} records a failed validation")
         if (validation.get("meta") or {}).get("manifest_sha256") != actual:
             raise PublishRefused(f"{report.uri_of(VALIDATION)} validated another manifest")
+    retract = [r["output_key"] for r in read_retractions(work)]
     released = copy_release(chosen, verified, work.child(STAGING), release, policy=policy,
-                            manifest_sha256=actual, empty=images == 0)
+                            manifest_sha256=actual, empty=images == 0, kept=kept,
+                            retract=retract)
     if report.exists(SUMMARY):
         summary = json.loads(report.read_text(SUMMARY))
         summary.update(published=released["published"], withheld=released["withheld"],
                        policy=policy, release=release.uri,
                        release_sha256=released["release_sha256"] if released["published"]
                        else None)
+        if isinstance(summary.get("incremental"), dict):
+            summary["incremental"]["retracted"] = released["retracted"]
         write_summary(report, summary)
-    return ({k: v for k, v in released.items() if k != "keys"}
+    return ({k: v for k, v in released.items() if k not in ("keys", "kept")}
             | {"images": images, "release": release.uri,
                "previous_release_sha256": (previous or {}).get("release_sha256"),
                "report": write_report_from(report, release, **report_options)})
-
-
-def read_marker(release: Storage) -> dict[str, Any] | None:
-    """The release's ``_SUCCESS`` marker as a dict, or None (absent or unreadable)."""
-    if not release.exists(SUCCESS_MARKER):
-        return None
-    try:
-        marker = json.loads(release.read_text(SUCCESS_MARKER))
-    except ValueError:
-        return None
-    return marker if isinstance(marker, dict) else None
 
 
 def check_release(release: Storage, report: Storage | None = None) -> tuple[bool, str]:

@@ -3,6 +3,8 @@
 Nothing passes between stages except files below the ``work`` location::
 
     plan.json                      shard references, sizes, skipped keys (list_shards)
+    carried.jsonl                  incremental: records carried from the previous release
+    retract.jsonl                  incremental: previously released outputs to retract
     shards/{shard_id}.json         one shard's keys: the XCom carries only its reference
     detections/{shard_id}.jsonl    records after finding people (stage 1)
     anonymized/{shard_id}.jsonl    records after anonymizing (stage 2)
@@ -20,11 +22,13 @@ retried or killed-and-restarted shard redoes only inputs whose basis changed.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from airflow_privacy.core.images import sha256_bytes
+from airflow_privacy.core.incremental import CARRIED, RETRACT, Increment, carried_records
 from airflow_privacy.core.inputs import SKIPPED, listing
 from airflow_privacy.core.manifest import dumps_records, loads_records
 from airflow_privacy.core.naming import Namer
@@ -59,7 +63,8 @@ def shard_size_for(count: int, shard_size: int, max_shards: int | None = None) -
 
 
 def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None,
-                max_shards: int | None = None, namer: Namer | None = None) -> list[Shard]:
+                max_shards: int | None = None, namer: Namer | None = None,
+                increment: Increment | None = None) -> list[Shard]:
     """Split the source's inputs into whole shards of at most ``shard_size`` keys, in key order.
 
     Shard ids are zero-padded positions, so a re-listing of unchanged input yields
@@ -67,10 +72,25 @@ def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None
     named in their shard's ``refused``. ``max_shards`` grows the shard size so that
     no more shards are made (:func:`shard_size_for`). With ``work``, each shard's
     file and the plan are written there (:func:`plan_shards` returns only references).
+
+    With ``increment`` (an incremental run; ``work`` needed) the shards hold only
+    the inputs to process: the records carried from the previous release go to
+    ``work/carried.jsonl``, the outputs to retract to ``work/retract.jsonl``, and
+    the plan's ``incremental`` says what was decided and why. There is always at
+    least one shard then (possibly empty), so the mapped stages, the gate and the
+    publish run even when every input is carried.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, not {shard_size}")
     keys, refused, ignored = listing(source, namer)  # the CLI's listing, refusals included
+    if increment is not None:
+        if work is None:
+            raise ValueError("an incremental listing needs a work location for its records")
+        keys = carry(increment, keys, refused, work)
+    elif work is not None:
+        for stale in (CARRIED, RETRACT):  # a retried listing that is no longer incremental
+            if work.exists(stale):
+                work.delete(stale)
     size = shard_size_for(len(keys), shard_size, max_shards)
     shards = []
     for i in range(0, len(keys), size):
@@ -79,6 +99,8 @@ def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None
         if mine := {k: list(refused[k]) for k in part if k in refused}:
             shard["refused"] = mine
         shards.append(shard)
+    if increment is not None and not shards:
+        shards.append({"shard_id": "00000", "keys": []})
     if work is not None:
         for shard in shards:
             work.write_text(shard_path(shard), json.dumps(shard, sort_keys=True) + "\n")
@@ -88,12 +110,35 @@ def list_shards(source: Storage, shard_size: int, *, work: Storage | None = None
                 "ignored_count": ignored,
                 "ignored": [k for k in keys if refused.get(k, ("",))[0] in SKIPPED][
                     :IGNORED_IN_PLAN]}
+        if increment is not None:
+            plan["incremental"] = increment.summary()
         work.write_text(PLAN, json.dumps(plan, sort_keys=True) + "\n")
     return shards
 
 
+def carry(increment: Increment, keys: list[str], refused: dict, work: Storage) -> list[str]:
+    """The keys to process; the carried records and the retractions written to ``work``.
+
+    Streamed: each carried record goes to ``work/carried.jsonl`` as it is decided
+    (sorted, since the listing is), only the keys to process are kept.
+    """
+    todo: list[str] = []
+
+    def lines() -> Iterator[bytes]:
+        for key, record in increment.walk(keys, refused):
+            if record is None:
+                todo.append(key)
+            else:
+                yield dumps_records([record])
+
+    work.write_stream(CARRIED, lines())
+    work.write(RETRACT, dumps_records(increment.retractions))
+    return todo
+
+
 def plan_shards(source: Storage, work: Storage, shard_size: int, *,
-                max_shards: int | None = None, namer: Namer | None = None) -> list[Shard]:
+                max_shards: int | None = None, namer: Namer | None = None,
+                increment: Increment | None = None) -> list[Shard]:
     """:func:`list_shards` into ``work``, returning only the shards' references.
 
     What the list task pushes to XCom: per shard its id, key count and file,
@@ -101,7 +146,8 @@ def plan_shards(source: Storage, work: Storage, shard_size: int, *,
     (at most ``max_shards`` references).
     """
     return [reference(s) for s in list_shards(source, shard_size, work=work,
-                                              max_shards=max_shards, namer=namer)]
+                                              max_shards=max_shards, namer=namer,
+                                              increment=increment)]
 
 
 def shard_path(shard: Shard) -> str:
@@ -133,9 +179,14 @@ def load_shard(work: Storage, shard: Shard) -> Shard:
 
 
 def shard_keys(work: Storage, shards: Iterable[Shard]) -> Iterator[str]:
-    """Every listed key, shard after shard (sorted, as listed), one shard in memory at a time."""
-    for shard in shards:
-        yield from load_shard(work, shard)["keys"]
+    """Every listed key, shard after shard (sorted, as listed), one shard in memory at a time.
+
+    An incremental run's carried keys (``work/carried.jsonl``) are merged in: they
+    are listed inputs too, with records in the manifest.
+    """
+    processed = (key for shard in shards for key in load_shard(work, shard)["keys"])
+    carried = (str(record["source"]) for record in carried_records(work))
+    yield from heapq.merge(processed, carried)
 
 
 def refusal(shard: Shard, key: str) -> tuple[str, str] | None:

@@ -136,6 +136,9 @@ class PublishReleaseOperator(LineageMixin, BaseOperator):
             )
         self.log.info("published %s of %s to %s", result["published"],
                       result["published"] + result["withheld"], self.release)
+        if result.get("retracted"):
+            self.log.info("retracted %d outputs of the previous release (their inputs vanished "
+                          "or were processed again)", result["retracted"])
         if not result["published"] and result["images"]:
             raise AirflowSkipException(
                 f"nothing released to {self.release} under policy {self.policy}")

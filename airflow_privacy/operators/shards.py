@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.operators.common import (
     AWS_CONN_ID,
@@ -36,9 +37,22 @@ class ListImageShardsOperator(LineageMixin, BaseOperator):
     :param pseudonymize_conn_id: / ``pseudonymize_variable``: the pseudonym key the outputs
         will be named with (as given to the anonymize task), so that output-name
         collisions are judged on the names that will really be published, as the CLI does
+    :param incremental: list only the inputs that ``release`` does not already hold under
+        the same ``settings`` (templated; ``"false"``, ``"0"``, ``"no"``, ``"off"`` or ``""``
+        render it off). Needs ``work``, ``report`` (where the previous manifest and
+        summary are) and ``release``; the carried records and the outputs to retract
+        are written to ``work`` for the validate and publish tasks (see
+        :mod:`airflow_privacy.core.incremental`, which the CLI's ``--incremental`` shares).
+        When every input is carried, one empty shard is returned so the run still
+        writes its manifest, validates and publishes.
+    :param report: the report location of the previous run (templated; incremental only)
+    :param release: the release location (templated; incremental only)
+    :param settings: the run's settings, whose key must match the previous run's
+        (templated; incremental only)
     """
 
-    template_fields: Sequence[str] = ("source", "work", "shard_size", "aws_conn_id")
+    template_fields: Sequence[str] = ("source", "work", "shard_size", "aws_conn_id",
+                                      "incremental", "report", "release", "settings")
     ui_color = "#f5ead5"
     lineage_inputs = ("source",)
     lineage_outputs = ("work",)
@@ -53,6 +67,10 @@ class ListImageShardsOperator(LineageMixin, BaseOperator):
         aws_conn_id: str | None = AWS_CONN_ID,
         pseudonymize_conn_id: str | None = None,
         pseudonymize_variable: str | None = None,
+        incremental: bool | str = False,
+        report: str | None = None,
+        release: str | None = None,
+        settings: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -63,29 +81,57 @@ class ListImageShardsOperator(LineageMixin, BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.pseudonymize_conn_id = pseudonymize_conn_id
         self.pseudonymize_variable = pseudonymize_variable
+        self.incremental = incremental
+        self.report = report
+        self.release = release
+        self.settings = settings
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         from airflow_privacy.core.shards import list_shards, plan_shards
         from airflow_privacy.operators.naming import pseudonymizer
 
         limit = self.max_shards or max_map_length()
+        incremental = is_on(self.incremental)
+        if incremental and not (self.work and self.report and self.release):
+            raise AirflowFailException("incremental listing needs work, report and release")
         uris = [self.source] + ([self.work] if self.work else [])
+        previous = [str(self.report), str(self.release)] if incremental else []
         with fail_fast_unless_retryable():
             namer = pseudonymizer(self.pseudonymize_conn_id, self.pseudonymize_variable)
-            source, *work = open_locations(self.aws_conn_id, *uris)
+            source, *work = open_locations(self.aws_conn_id, *uris, *previous)
+            increment = None
+            if incremental:
+                report, release = work[1:]
+                work = work[:1]
+                increment = self._increment(source, report, release, namer)
             if work:
                 shards = plan_shards(source, work[0], int(self.shard_size), max_shards=limit,
-                                     namer=namer)
+                                     namer=namer, increment=increment)
             else:
                 shards = list_shards(source, int(self.shard_size), max_shards=limit,
                                      namer=namer)
         images = sum(s["count"] if "count" in s else len(s["keys"]) for s in shards)
         self.log.info("%d inputs in %d shards below %s", images, len(shards), self.source)
+        if increment is not None:
+            self.log.info("incremental: %s; %s", increment.reason, increment.summary())
         if shards and images > int(self.shard_size) * len(shards):
             self.log.warning("shards hold up to %d inputs instead of shard_size %s: Airflow maps "
                           "a task over at most %d elements ([core] max_map_length)",
                           -(-images // len(shards)), self.shard_size, limit)
         return shards
+
+    def _increment(self, source: Any, report: Any, release: Any, namer: Any) -> Any:
+        """The incremental decision (shared with the CLI) over the previous run's evidence."""
+        from airflow_privacy.core.incremental import Increment
+        from airflow_privacy.core.settings import RunSettings
+
+        key = RunSettings.from_dict(self.settings or {}).key()
+        return Increment.open(source, release, report, key, namer=namer)
+
+
+def is_on(value: bool | str | None) -> bool:
+    """A templated switch: rendered ``false``/``0``/``no``/``off``/empty is off."""
+    return str(value).strip().lower() not in ("false", "0", "no", "off", "", "none")
 
 
 def max_map_length() -> int:

@@ -52,6 +52,7 @@ def anonymization_task_group(
     retention: Retention | None = None,
     attestation_conn_id: str | None = None,
     cleanup: bool | str = True,
+    incremental: bool | str = False,
     group_id: str = "anonymize_people",
     stage_queues: Mapping[str, str] | None = None,
     stage_pools: Mapping[str, str] | None = None,
@@ -94,6 +95,16 @@ def anonymization_task_group(
     ``"{{ params.cleanup }}"``). ``attestation_conn_id``: a connection whose
     password signs the run's ``attestation.json``.
 
+    ``incremental`` (may be a template, e.g. ``"{{ params.incremental }}"``): process
+    only the inputs that ``release`` does not already hold under the same settings
+    (same input sha256, same output name, the release and the manifest in ``report``
+    as the previous run's ``_SUCCESS`` pins them). Their records are carried into
+    the new manifest, so it, ``_SUCCESS`` and ``release_sha256`` still describe the
+    whole release; outputs of inputs that vanished or changed are retracted at
+    publish. Without a usable previous release everything is processed (the
+    summary's ``incremental.reason`` says why). The same decision as the CLI's
+    ``--incremental`` (:mod:`airflow_privacy.core.incremental`).
+
     Unless ``default_args`` say otherwise, every task is retried twice with
     exponential backoff: storage outages are transient, and retried shards
     only redo the inputs that had not finished.
@@ -117,9 +128,11 @@ def anonymization_task_group(
     with TaskGroup(group_id=group_id, **group_kwargs) as group:
         naming = {"pseudonymize_conn_id": pseudonymize_conn_id,
                   "pseudonymize_variable": pseudonymize_variable}
+        since = ({"incremental": incremental, "report": report, "release": release,
+                  "settings": settings} if incremental else {})
         shards = ListImageShardsOperator(task_id="list_shards", source=source, work=work,
                                          shard_size=shard_size, aws_conn_id=aws_conn_id,
-                                         **naming, **route("list_shards"))
+                                         **naming, **since, **route("list_shards"))
         # One shard per mapped task; "{{ task.shard.shard_id }}" names the map index.
         steps = [
             operator.partial(task_id=task_id, map_index_template="{{ task.shard.shard_id }}",
