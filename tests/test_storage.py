@@ -8,6 +8,7 @@ The contract tests at the end run the same promises against every backend.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -417,24 +418,57 @@ def test_s3_copy_to_is_server_side_on_the_same_filesystem(
         src.copy_to("missing.jpg", src)
 
 
-def test_s3_copy_checked_is_pinned_to_the_bytes_it_hashed(
+def test_s3_copy_checked_is_one_copy_whose_checksum_is_the_verified_sha256(
     s3_fs: Any, s3_client: Any, s3_bucket: str
 ) -> None:
+    """Publishing's fast path: one request per object, S3 hashing what it copied."""
     staging = ObjectStorage(f"s3://{s3_bucket}/staging", s3_fs)
     release = ObjectStorage(f"s3://{s3_bucket}/release", s3_fs)
     staging.write("a.jpg", b"verified")
     good = hashlib.sha256(b"verified").hexdigest()
+    copies, gets = _calls(s3_fs.s3, "CopyObject"), _calls(s3_fs.s3, "GetObject")
+    deletes = _calls(s3_fs.s3, "DeleteObject")
+    assert staging.copy_checked("a.jpg", release, good)
+    assert len(copies) == 1 and copies[0]["ChecksumAlgorithm"] == "SHA256" and not gets
+    head = s3_client.head_object(Bucket=s3_bucket, Key="release/a.jpg", ChecksumMode="ENABLED")
+    assert base64.b64decode(head["ChecksumSHA256"]).hex() == good
+    assert release.read("a.jpg") == b"verified"
+    # the staged object was replaced after verification: the copy is taken back and the
+    # careful path (hash, then a pinned copy) refuses it
+    staging.write("b.jpg", b"not what was verified")
+    assert not staging.copy_checked("b.jpg", release, good)
+    assert not release.exists("b.jpg")
+    assert [d["Key"] for d in deletes] == ["release/b.jpg"] and len(copies) == 2
+
+
+def test_s3_copy_checked_without_checksums_is_pinned_to_the_bytes_it_hashed(
+    s3_fs: Any, s3_client: Any, s3_bucket: str
+) -> None:
+    """A store that reports no checksum on a copy: hash, then copy pinned to the ETag."""
+    staging = ObjectStorage(f"s3://{s3_bucket}/staging", s3_fs)
+    release = ObjectStorage(f"s3://{s3_bucket}/release", s3_fs)
+
+    def no_checksums(params: dict[str, Any], **_: Any) -> None:
+        params.pop("ChecksumAlgorithm", None)  # what such a store ignores
+
+    s3_fs.s3.meta.events.register("provide-client-params.s3.CopyObject", no_checksums)
     copies = _calls(s3_fs.s3, "CopyObject")
+    staging.write("a.jpg", b"verified")
+    good = hashlib.sha256(b"verified").hexdigest()
     assert staging.copy_checked("a.jpg", release, good)
     assert release.read("a.jpg") == b"verified"
     etag = s3_client.head_object(Bucket=s3_bucket, Key="staging/a.jpg")["ETag"]
     # moto ignores CopySourceIfMatch, so the race itself cannot be played here; what S3
     # enforces is that the copy names the ETag of exactly the bytes that were hashed
-    assert [c.get("CopySourceIfMatch") for c in copies] == [etag]
+    assert [c.get("CopySourceIfMatch") for c in copies] == [None, etag]
+    # asked once: from then on this store goes straight to the careful path
+    staging.write("c.jpg", b"verified")
+    assert staging.copy_checked("c.jpg", release, good)
+    assert [c.get("CopySourceIfMatch") for c in copies][2:] == [etag]
     # other bytes than the verified ones: nothing is copied
     staging.write("b.jpg", b"not what was verified")
     assert not staging.copy_checked("b.jpg", release, good)
-    assert not release.exists("b.jpg") and len(copies) == 1
+    assert not release.exists("b.jpg") and len(copies) == 3
 
 
 def test_s3_copy_checked_refused_by_its_precondition_publishes_nothing(
