@@ -50,6 +50,15 @@ REGION = "us-east-1"
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
+#: Few retries and short timeouts for every client of the test server: an endpoint that is
+#: down should fail a test in about a second, not after botocore's default backoff.
+_CLIENT_SETTINGS: dict[str, Any] = {
+    "retries": {"max_attempts": 2, "mode": "standard"},
+    "connect_timeout": 2,
+    "read_timeout": 10,
+    "max_pool_connections": 32,
+}
+
 
 def _free_port() -> int:
     """A port nobody listens on now; the tiny race with other processes is acceptable."""
@@ -162,12 +171,7 @@ class MotoServer:
         Few retries and short timeouts: a stopped server should fail a test in well under
         a second, not after botocore's default backoff.
         """
-        settings: dict[str, Any] = {
-            "retries": {"max_attempts": 2, "mode": "standard"},
-            "connect_timeout": 2,
-            "read_timeout": 10,
-            "max_pool_connections": 32,
-        }
+        settings: dict[str, Any] = dict(_CLIENT_SETTINGS)
         settings.update(config)
         return boto3.client(
             "s3",
@@ -189,12 +193,7 @@ def s3_filesystem(endpoint_url: str, *, key: str = FAKE_ACCESS_KEY_ID,
     """
     import s3fs
 
-    settings: dict[str, Any] = {
-        "retries": {"max_attempts": 2, "mode": "standard"},
-        "connect_timeout": 2,
-        "read_timeout": 10,
-        "max_pool_connections": 32,
-    }
+    settings: dict[str, Any] = dict(_CLIENT_SETTINGS)
     settings.update(config)
     fs = s3fs.S3FileSystem(
         key=key, secret=secret, endpoint_url=endpoint_url,

@@ -246,7 +246,7 @@ class Increment:
             return key, record, "reprocessed"  # the stages record why it is unreadable
         if sha256_bytes(data) != record.get("input_sha256"):
             return key, record, "changed"
-        if not _holds(self.release, record["output_key"], record["output_sha256"]):
+        if not self.release.holds(record["output_key"], record["output_sha256"]):
             return key, record, "reprocessed"  # its output left the release: make it again
         return key, record, None
 
@@ -267,16 +267,6 @@ class Increment:
         if record.get("status") == Status.VERIFIED and record.get("output_key"):
             self.retractions.append({"output_key": record["output_key"],
                                      "source": record["source"], "why": why})
-
-
-def _holds(storage: Storage, key: str, sha256: str) -> bool:
-    """``storage`` has ``key`` with exactly the bytes of ``sha256``."""
-    try:
-        return sha256_bytes(storage.read(key)) == sha256
-    except TransientStorageError:
-        raise
-    except StorageError:
-        return False
 
 
 def _ordered(job: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
@@ -302,17 +292,18 @@ def _ordered(job: Callable[[T], R], items: Iterable[T], workers: int) -> Iterato
 
 def read_retractions(work: Storage) -> Iterator[dict[str, str]]:
     """The Airflow driver's retractions, as the list task wrote them (none if absent)."""
-    if not work.exists(RETRACT):
-        return
-    for line in work.read_lines(RETRACT):
-        if line.strip():
-            yield json.loads(line)
+    return _json_lines(work, RETRACT)
 
 
 def carried_records(work: Storage) -> Iterator[dict[str, Any]]:
     """The Airflow driver's carried records, sorted by source (none if not incremental)."""
-    if not work.exists(CARRIED):
+    return _json_lines(work, CARRIED)
+
+
+def _json_lines(work: Storage, key: str) -> Iterator[dict[str, Any]]:
+    """The objects of a JSON Lines file in ``work``, streamed; none if it is absent."""
+    if not work.exists(key):
         return
-    for line in work.read_lines(CARRIED):
+    for line in work.read_lines(key):
         if line.strip():
             yield json.loads(line)

@@ -251,15 +251,3 @@ def load_checkpoints(work: Storage, stage: str, shard: Shard) -> dict[str, dict[
         if isinstance(entry, dict) and entry.get("source") == key and "record" in entry:
             found[key] = entry
     return found
-
-
-def holds(storage: Storage, key: str | None, sha256: str | None) -> bool:
-    """``storage`` has ``key`` with exactly the bytes of ``sha256``."""
-    if not key or not sha256:
-        return False
-    try:
-        return sha256_bytes(storage.read(key)) == sha256
-    except TransientStorageError:
-        raise
-    except StorageError:
-        return False

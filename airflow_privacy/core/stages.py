@@ -33,7 +33,6 @@ from airflow_privacy.core.shards import (
     STAGING,
     Shard,
     basis,
-    holds,
     list_shards,
     load_checkpoints,
     load_shard,
@@ -109,7 +108,7 @@ def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: S
         on = basis(found[key], state.record["output_key"])
         prior = done.get(key)
         if (not state.failed and prior is not None and prior["basis"] == on
-                and holds(candidates, key_of(prior), prior["record"]["output_sha256"])):
+                and candidates.holds(key_of(prior), prior["record"]["output_sha256"])):
             records.append(prior["record"])
             skipped += 1
             continue
@@ -181,7 +180,7 @@ def _still_holds(prior: dict[str, Any], on: str, staging: Storage) -> bool:
     if prior["basis"] != on:
         return False
     if record["status"] == Status.VERIFIED:
-        return holds(staging, record["output_key"], record["output_sha256"])
+        return staging.holds(record["output_key"], record["output_sha256"])
     return True
 
 

@@ -84,6 +84,21 @@ class Storage(ABC):
         dest.write(target, data)
         return True
 
+    def holds(self, key: str | None, sha256: str | None) -> bool:
+        """Whether ``key`` is here with exactly the bytes of ``sha256``.
+
+        False when it is absent or unreadable (then the work is redone); an outage is
+        no answer, so :class:`TransientStorageError` propagates (the task is retried).
+        """
+        if not key or not sha256:
+            return False
+        try:
+            return hashlib.sha256(self.read(key)).hexdigest() == sha256
+        except TransientStorageError:
+            raise
+        except StorageError:
+            return False
+
     def read_lines(self, key: str) -> Iterator[bytes]:
         """The object's lines (with their ends): JSON Lines of any size in bounded memory.
 
