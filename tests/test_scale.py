@@ -195,11 +195,13 @@ def test_publish_copies_server_side_in_parallel_and_refuses_a_changed_object(
         [(r["output_key"], r["output_sha256"]) for r in records])
     assert sorted(release.list()) == sorted([r["output_key"] for r in records] + [SUCCESS_MARKER])
 
-    release.delete(SUCCESS_MARKER)
+    # a re-run of the same manifest after a staged object was replaced: refused, the
+    # replaced bytes are not left in the release, and no marker vouched for it meanwhile
     staging.write("p/077.jpg", b"replaced after verification")
     with pytest.raises(PublishRefused, match="p/077.jpg"):
-        publish(records, staging, release, policy="all_or_nothing", manifest_sha256="m2")
+        publish(records, staging, release, policy="all_or_nothing", manifest_sha256="m")
     assert not release.exists(SUCCESS_MARKER)
+    assert not release.exists("p/077.jpg")
 
 
 # -- storage schemes -----------------------------------------------------------------------------

@@ -105,9 +105,10 @@ def copy_release(
     a server-side copy pinned to the hashed bytes on S3; an atomic write elsewhere,
     so a reader never sees part of an object). Copies run in a thread pool, at most
     ``4 * workers`` queued at a time; the first failure cancels the rest and fails
-    the publish before any marker is written. A ``_SUCCESS`` pinning another
-    manifest is removed before the release changes. Idempotent: re-running with
-    the same manifest writes the same keys with the same bytes and the same marker.
+    the publish before any marker is written. The ``_SUCCESS`` is removed before the
+    release changes (even one pinning this manifest: a re-run copies again).
+    Idempotent: re-running with the same manifest writes the same keys with the same
+    bytes and the same marker.
 
     Incremental runs: ``kept`` outputs are already in the release with their
     verified bytes (checked when they were carried) and are not copied; ``retract``
@@ -120,7 +121,7 @@ def copy_release(
     retract = set(retract) if marked else set()
     stale = sorted(retract - {key for key, _ in chosen}) if retract else []
     if chosen or stale:
-        _retract_other_marker(release, manifest_sha256)
+        _retract_marker(release)
     _copy_all([item for item in chosen if item[0] not in kept], staging, release,
               max(1, workers))
     for key in stale:
@@ -169,15 +170,15 @@ def release_digest(objects: Sequence[tuple[str, str]]) -> str:
     return sha256_bytes(lines.encode("utf-8"))
 
 
-def _retract_other_marker(release: Storage, manifest_sha256: str) -> None:
-    """Remove a ``_SUCCESS`` that describes another manifest: the release is changing."""
-    if not release.exists(SUCCESS_MARKER):
-        return
-    try:
-        current = json.loads(release.read_text(SUCCESS_MARKER)).get("manifest_sha256")
-    except ValueError:
-        current = None
-    if current != manifest_sha256:
+def _retract_marker(release: Storage) -> None:
+    """Remove ``_SUCCESS`` before the release changes, even one pinning this very manifest.
+
+    A re-run copies again, and a copy whose checksum is not the verified sha256 lands
+    at its key before it is deleted (:meth:`Storage.copy_checked`'s one-request path):
+    no marker may vouch for the release while that can happen. The marker comes back
+    last, the same bytes when nothing changed.
+    """
+    if release.exists(SUCCESS_MARKER):
         release.delete(SUCCESS_MARKER)
 
 
