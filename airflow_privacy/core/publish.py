@@ -100,13 +100,14 @@ def copy_release(
 ) -> dict[str, Any]:
     """Copy the planned outputs, ``workers`` at a time, then write ``_SUCCESS`` last.
 
-    Staging then release: every staged object is re-hashed and must equal the
-    verified ``output_sha256`` before it is copied (:meth:`Storage.copy_checked`:
-    a server-side copy pinned to the hashed bytes on S3; an atomic write elsewhere,
-    so a reader never sees part of an object). Copies run in a thread pool, at most
-    ``4 * workers`` queued at a time; the first failure cancels the rest and fails
-    the publish before any marker is written. The ``_SUCCESS`` is removed before the
-    release changes (even one pinning this manifest: a re-run copies again).
+    Staging then release: every copied object must be the verified
+    ``output_sha256`` (:meth:`Storage.copy_checked`: on S3 a server-side copy whose
+    SHA-256 S3 reports, taken back and refused when it differs; elsewhere hashed,
+    then written atomically, so a reader never sees part of an object). Copies run
+    in a thread pool, at most ``4 * workers`` queued at a time; the first failure
+    cancels the rest and fails the publish before any marker is written. The
+    ``_SUCCESS`` is removed before the release changes (even one pinning this
+    manifest: a re-run copies again).
     Idempotent: re-running with the same manifest writes the same keys with the same
     bytes and the same marker.
 
