@@ -19,7 +19,7 @@ import pytest
 
 from airflow_privacy.core import models as registry
 from airflow_privacy.core.batch import in_order, run_batch
-from airflow_privacy.core.detect import PersonDetector, backend_of, cpu_budget
+from airflow_privacy.core.detect import PersonDetector, backend_of, cpu_budget, default_lanes
 from airflow_privacy.core.models import (
     ModelError,
     ensure_export,
@@ -98,6 +98,61 @@ def test_onnx_runtime_is_sized_to_the_cpu_budget(onnx_model):
     session = exported._model.predictor.model.backend.session
     assert session.get_session_options().intra_op_num_threads == 1
     assert 1 <= cpu_budget() <= (os.cpu_count() or 1)
+
+
+def test_the_cpu_budget_is_split_into_lanes_only_for_the_exported_runtimes():
+    assert default_lanes("onnx", "cpu", 2) == 2
+    assert default_lanes("onnx", "cpu", 16) == 2  # two images at a time: what the drivers run
+    assert default_lanes("onnx", "cpu", 1) == 1
+    assert default_lanes("pytorch", "cpu", 8) == 1  # torch's threads are one process setting
+    assert default_lanes("onnx", "cuda:0", 8) == 1
+
+
+def test_lanes_share_one_session_and_run_side_by_side(onnx_model):
+    """Two lanes of one thread: one ONNX Runtime session, calls at once, the same people."""
+    lanes = PersonDetector(str(onnx_model), threads=2, lanes=2)
+    assert (lanes.lanes, lanes.threads) == (2, 1)
+    models = [lanes._idle.get() for _ in range(2)]
+    sessions = {id(m.predictor.model.backend.session) for m in models}
+    for model in models:
+        lanes._idle.put(model)
+    assert len(sessions) == 1
+    assert models[0].predictor.model.backend.session.get_session_options() \
+        .intra_op_num_threads == 1
+
+    images = [cv2.imread(str(SAMPLES / name)) for name in ("bus.jpg", "zidane.jpg")] * 3
+    single = PersonDetector(str(onnx_model), threads=1, lanes=1)
+    expected = [single.detect(image, confidence=0.1, flip=True) for image in images]
+    inside, most = 0, 0
+    guard = threading.Lock()
+    run = lanes._run
+
+    def counting_run(model, *args, **kwargs):  # how many calls are in the network at once
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        try:
+            time.sleep(0.02)
+            return run(model, *args, **kwargs)
+        finally:
+            with guard:
+                inside -= 1
+
+    lanes._run = counting_run
+    found: list = [None] * len(images)
+
+    def detect(index: int) -> None:
+        found[index] = lanes.detect(images[index], confidence=0.1, flip=True)
+
+    threads = [threading.Thread(target=detect, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 2  # never more calls at once than lanes, and both lanes were used
+    for reference, people in zip(expected, found, strict=True):
+        _same_people(reference, people, pixels=1e-3, confidence=1e-5)
 
 
 def test_export_refuses_weights_that_do_not_match_the_pin(models, tmp_path, monkeypatch):
@@ -256,8 +311,9 @@ def test_overlapped_batch_equals_the_sequential_one(pipeline, sample_dir, tmp_pa
         shutil.rmtree(out, ignore_errors=True)
         result = run_batch(open_storage(str(sample_dir)), open_storage(str(out / "release")),
                            open_storage(str(out / "report")), pipeline, workers=workers)
-        for record in result.records:
+        records = list(result.records)  # read from the report before the next run replaces it
+        for record in records:
             record.pop("timings_ms", None)
-        return result.records, sorted(p.name for p in (out / "release").iterdir())
+        return records, sorted(p.name for p in (out / "release").iterdir())
 
     assert run(1) == run(2)

@@ -122,15 +122,16 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
         source, work, report, release = stores(_filesystem(proxy.endpoint_url), "run")
         shards = stages.list_shards(source, 2, work=work)
         for shard in shards:
-            stages.detect_shard(pipeline, source, work, shard)
-            stages.anonymize_shard(pipeline, source, work, shard)
+            stages.detect_shard(pipeline, source, work, shard, workers=1)
+            stages.anonymize_shard(pipeline, source, work, shard, workers=1)
 
+        # one input at a time (workers=1), so the cut falls on a known input.
         # verify of shard 0: the first input is staged and checkpointed (2 PUTs), then the
         # endpoint dies halfway through uploading the second input's staged output
         proxy.cut_after(2, part=0.5, operations=("PUT ",))
         started = time.monotonic()
         with pytest.raises(TransientStorageError, match="retrying may help"):
-            stages.verify_shard(pipeline, source, work, shards[0])
+            stages.verify_shard(pipeline, source, work, shards[0], workers=1)
         assert proxy.cuts == 1 and not proxy.running
         assert time.monotonic() - started < 30
         staged = object_digests(s3_client, s3_bucket, "run/work/staging")
@@ -141,13 +142,13 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
         # while it is down, every stage fails the same retryable way
         for stage in (stages.detect_shard, stages.verify_shard):
             with pytest.raises(TransientStorageError):
-                stage(pipeline, source, work, shards[1])
+                stage(pipeline, source, work, shards[1], workers=1)
 
         proxy.start()  # back, same port, the store kept its state: Airflow's retry runs
-        retried = stages.verify_shard(pipeline, source, work, shards[0])
+        retried = stages.verify_shard(pipeline, source, work, shards[0], workers=1)
         assert (retried["skipped"], retried["computed"]) == (1, 1)
         assert retried["verified"] == 2
-        stages.verify_shard(pipeline, source, work, shards[1])
+        stages.verify_shard(pipeline, source, work, shards[1], workers=1)
         _, manifest_sha = stages.assemble_manifest(work, report, shards)
 
         # publish: the first release object lands, the second is cut mid-upload
@@ -193,8 +194,8 @@ def verify_or_hang(pipeline, state):
 flow.VERIFY = (flow.decode, verify_or_hang)
 for shard in stages.list_shards(source, 2, work=work):
     for stage in (stages.detect_shard, stages.anonymize_shard, stages.verify_shard):
-        print("DONE " + json.dumps([stage.__name__, stage(pipeline, source, work, shard)]),
-              flush=True)
+        done = stage(pipeline, source, work, shard, workers=1)  # one input at a time
+        print("DONE " + json.dumps([stage.__name__, done]), flush=True)
 """
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from airflow_privacy.core import flow
@@ -42,6 +43,7 @@ from airflow_privacy.core.shards import (
     write_entries,
 )
 from airflow_privacy.core.status import Status
+from airflow_privacy.core.workers import DEFAULT_WORKERS, in_order
 from airflow_privacy.storage import Storage, StorageError, TransientStorageError
 
 log = logging.getLogger(__name__)
@@ -68,31 +70,35 @@ def build_pipeline(settings: dict[str, Any] | None) -> Pipeline:
     return _PIPELINES[key]
 
 
-def detect_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard) -> dict:
-    """Decode, detect and confirm the people on each input (:data:`flow.FIND`)."""
+def detect_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard, *,
+                 workers: int = DEFAULT_WORKERS) -> dict:
+    """Decode, detect and confirm the people on each input (:data:`flow.FIND`).
+
+    ``workers``: inputs in flight at once (:func:`_each`), in every stage.
+    """
     shard = load_shard(work, shard)  # a reference from the XCom: the keys are in work
     done = load_checkpoints(work, DETECTIONS, shard)
-    records, skipped = [], 0
-    for key in shard["keys"]:
+
+    def one(key: str) -> tuple[dict[str, Any], bool]:
         state = flow.begin(pipeline, key, output_key(key), refused=refusal(shard, key))
         read_input(source, state)
         on = basis({}, state.record["input_sha256"], state.record["settings_key"])
         prior = done.get(key)
         if not state.failed and prior is not None and prior["basis"] == on:
-            records.append(prior["record"])
-            skipped += 1
-            continue
+            return prior["record"], True
         flow.run(pipeline, state, flow.FIND)
         if not state.failed:
             save_checkpoint(work, DETECTIONS, shard, state.record, on)
-        records.append(state.record)
+        return state.record, False
+
+    records, skipped = _each(one, shard["keys"], workers)
     write_entries(work, DETECTIONS, shard, records)
     return _finish(DETECTIONS, shard, records, skipped,
                    persons=sum(r["persons_detected"] for r in records))
 
 
 def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard, *,
-                    namer: Namer | None = None) -> dict:
+                    namer: Namer | None = None, workers: int = DEFAULT_WORKERS) -> dict:
     """Anonymize each input (:data:`flow.ANONYMIZE`) and keep its output in ``candidates``.
 
     ``namer``: outputs are published under pseudonyms (the name is fixed here).
@@ -101,30 +107,31 @@ def anonymize_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: S
     found = read_entries(work, DETECTIONS, shard)
     done = load_checkpoints(work, ANONYMIZED, shard)
     candidates = work.child(CANDIDATES)
-    records, skipped = [], 0
-    for key in shard["keys"]:
+
+    def one(key: str) -> tuple[dict[str, Any], bool]:
         state = flow.ImageState(copy.deepcopy(found[key]))
         state.record["output_key"] = output_key(key, namer)
         on = basis(found[key], state.record["output_key"])
         prior = done.get(key)
         if (not state.failed and prior is not None and prior["basis"] == on
                 and candidates.holds(key_of(prior), prior["record"]["output_sha256"])):
-            records.append(prior["record"])
-            skipped += 1
-            continue
+            return prior["record"], True
         read_input(source, state)
         flow.run(pipeline, state, flow.ANONYMIZE)
         if not state.failed and state.output is not None:
             candidates.write(state.record["output_key"], state.output)
             save_checkpoint(work, ANONYMIZED, shard, state.record, on)
-        records.append(state.record)
+        return state.record, False
+
+    records, skipped = _each(one, shard["keys"], workers)
     write_entries(work, ANONYMIZED, shard, records)
     return _finish(ANONYMIZED, shard, records, skipped,
                    regions=sum(len(r["regions"]) for r in records))
 
 
 def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shard, *,
-                 quarantine: Storage | None = None, keep_rejected_source: bool = False) -> dict:
+                 quarantine: Storage | None = None, keep_rejected_source: bool = False,
+                 workers: int = DEFAULT_WORKERS) -> dict:
     """Verify each output (:data:`flow.VERIFY`) and settle it: staging or quarantine.
 
     Verified outputs go to ``staging``, the only place publishing reads from;
@@ -138,16 +145,14 @@ def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
     candidates = work.child(CANDIDATES)
     staging = work.child(STAGING)
     quarantine = quarantine if quarantine is not None else work.child(QUARANTINE)
-    records, skipped = [], 0
-    for key in shard["keys"]:
+
+    def one(key: str) -> tuple[dict[str, Any], bool]:
         state = flow.ImageState(copy.deepcopy(anonymized[key]))
         on = basis(anonymized[key])
         prior = done.get(key)
         read_input(source, state)
         if not state.failed and prior is not None and _still_holds(prior, on, staging):
-            records.append(prior["record"])
-            skipped += 1
-            continue
+            return prior["record"], True
         if not state.failed:
             state.output = _read_candidate(candidates, state)
         flow.run(pipeline, state, flow.VERIFY)
@@ -157,11 +162,28 @@ def verify_shard(pipeline: Pipeline, source: Storage, work: Storage, shard: Shar
             staging.delete(record["output_key"])  # a stale output of an earlier attempt
         if record["input_sha256"]:
             save_checkpoint(work, RECORDS, shard, record, on)
-        records.append(record)
+        return record, False
+
+    records, skipped = _each(one, shard["keys"], workers)
     write_entries(work, RECORDS, shard, records)
     by_status = {s.value: sum(r["status"] == s for r in records)  # plain str keys for XCom
                  for s in (Status.VERIFIED, Status.QUARANTINED)}
     return {**_finish(RECORDS, shard, records, skipped), **by_status}
+
+
+def _each(
+    job: Callable[[str], tuple[dict[str, Any], bool]], keys: list[str], workers: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The shard's records in key order and how many were skipped (checkpoint held).
+
+    ``workers`` inputs are in flight at once (:func:`~airflow_privacy.core.workers.in_order`),
+    as in the CLI's batch: one alone would leave one of the detector's lanes idle.
+    """
+    records, skipped = [], 0
+    for _, (record, held) in in_order(job, list(keys), workers=workers):
+        records.append(record)
+        skipped += held
+    return records, skipped
 
 
 def _owns_output(record: dict[str, Any]) -> bool:

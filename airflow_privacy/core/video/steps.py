@@ -20,6 +20,7 @@ MP4/MOV: its own packets, no re-encoding) and still verified frame by frame.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fractions import Fraction
 from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from airflow_privacy.core.images import ImageRejected, sha256_bytes
 from airflow_privacy.core.regions import Region, plan_regions, remediation_regions
 from airflow_privacy.core.video.container import Writer, can_remux, crop_to, frames, probe, remux
 from airflow_privacy.core.video.tracks import FramePlan, Tracks, summarize
+from airflow_privacy.core.workers import ordered
 
 if TYPE_CHECKING:
     from airflow_privacy.core.flow import ImageState, Step
@@ -59,9 +61,13 @@ def find_video(pipeline: Pipeline, state: ImageState) -> None:
                     review=lambda pixels, people: pipeline.confirmer.review(pixels, people,
                                                                             "detect"))
     count = 0
-    for index, pixels in enumerate(frames(_data(state))):
-        tracks.update(index, pixels, pipeline.detector.detect(pixels, confidence=floor,
-                                                              flip=d.flip))
+
+    def detect(pixels: np.ndarray) -> list[Any]:  # frames ahead are detected meanwhile
+        return pipeline.detector.detect(pixels, confidence=floor, flip=d.flip)
+
+    # Tracking takes the frames in order; their detection does not need to wait for it.
+    for index, (pixels, people) in enumerate(ordered(detect, frames(_data(state)))):
+        tracks.update(index, pixels, people)
         count = index + 1
     declared = record["video"]["declared_frames"]
     if count == 0 or (declared and count < declared):
@@ -142,21 +148,29 @@ class _Check:
         self.reasons: list[str] = []
         self.max_retention = 0.0
         self.identical = True
-        pairs = zip_longest(frames(_data(state)), frames(state.output or b""))
-        for index, (source, output) in enumerate(pairs):
-            if source is None or output is None:
-                self.reasons.append(f"the output has a different number of frames than the "
-                                    f"source ({record['video']['frames']})")
-                self.failed[index] = None
-                break
-            output = crop_to(output, height, width)
-            self.frames += 1
-            self.identical = self.identical and np.array_equal(source, output)
-            if index % stride:
-                continue
-            boxes = [r.box for r in _regions(pipeline, plan, index, width, height)]
-            boxes += plan.extra(index)
-            result = pipeline.verifier.verify(source, output, boxes)
+        mismatch: list[int] = []
+
+        def checks() -> Iterator[tuple[int, np.ndarray, np.ndarray, list[Box]]]:
+            """The frames to verify, with their boxes; frame counts are compared on the way."""
+            pairs = zip_longest(frames(_data(state)), frames(state.output or b""))
+            for index, (source, output) in enumerate(pairs):
+                if source is None or output is None:
+                    mismatch.append(index)
+                    return
+                output = crop_to(output, height, width)
+                self.frames += 1
+                self.identical = self.identical and np.array_equal(source, output)
+                if index % stride:
+                    continue
+                boxes = [r.box for r in _regions(pipeline, plan, index, width, height)]
+                yield index, source, output, boxes + plan.extra(index)
+
+        def verify(check: tuple[int, np.ndarray, np.ndarray, list[Box]]) -> Any:
+            _, source, output, boxes = check
+            return pipeline.verifier.verify(source, output, boxes)
+
+        # Frames are verified side by side (the detector has lanes), results taken in order.
+        for (index, _, _, boxes), result in ordered(verify, checks()):
             self.checked += 1
             self.redetections += result.redetections
             self.dismissed += len(result.dismissed)
@@ -165,6 +179,10 @@ class _Check:
                 self.failed[index] = (boxes, result)
                 self.residuals += [{**r.to_record(), "frame": index} for r in result.residuals]
                 self.reasons += [f"frame {index}: {reason}" for reason in result.reasons()]
+        for index in mismatch:
+            self.reasons.append(f"the output has a different number of frames than the "
+                                f"source ({record['video']['frames']})")
+            self.failed[index] = None
 
     @property
     def passed(self) -> bool:
