@@ -18,7 +18,7 @@ import cv2
 import pytest
 
 from airflow_privacy.core import models as registry
-from airflow_privacy.core.batch import in_order, run_batch
+from airflow_privacy.core.batch import run_batch
 from airflow_privacy.core.detect import PersonDetector, backend_of, cpu_budget, default_lanes
 from airflow_privacy.core.models import (
     ModelError,
@@ -29,6 +29,7 @@ from airflow_privacy.core.models import (
     provenance_path,
     resolve_model,
 )
+from airflow_privacy.core.workers import in_order
 from airflow_privacy.storage import open_storage
 from tests.conftest import SAMPLES
 

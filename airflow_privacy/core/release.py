@@ -8,22 +8,21 @@ it publishes from is exactly the one that was validated.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow_privacy.core.images import sha256_bytes
 from airflow_privacy.core.incremental import carried_records, read_retractions
-from airflow_privacy.core.inputs import SKIPPED
 from airflow_privacy.core.manifest import (
     MANIFEST,
     SUMMARY,
     VALIDATION,
-    dumps_records,
+    LazyRecords,
     loads_records,
-    summarize,
+    merge_by_source,
+    record_source,
+    write_manifest_stream,
     write_summary,
 )
 from airflow_privacy.core.publish import (
@@ -62,8 +61,9 @@ def assemble_manifest(
     Streamed, one shard in memory at a time: the shards hold consecutive runs of
     the sorted keys, so writing them in shard order gives the manifest sorted by
     source (byte for byte what :func:`~airflow_privacy.core.manifest.write_manifest`
-    writes), and the summary is summed from each shard's totals. The returned
-    records are re-read from the shard files when iterated, never held.
+    writes; :func:`~airflow_privacy.core.manifest.write_manifest_stream`, which the
+    CLI's batch writes with too), and the summary is counted as it is written. The
+    returned records are re-read from the shard files when iterated, never held.
     An incremental run's carried records (:mod:`~airflow_privacy.core.incremental`)
     are merged in by source, so the manifest describes the whole release; the
     summary's ``incremental`` says what was carried and why.
@@ -74,29 +74,13 @@ def assemble_manifest(
     """
     ordered = sorted(shards, key=lambda shard: str(shard["shard_id"]))
     records = ManifestRecords(work, ordered)
-    digest = hashlib.sha256()
-    totals: dict[str, Any] = {}
-    ignored = 0
-
-    def chunks() -> Iterator[bytes]:
-        nonlocal ignored
-        for part in records.parts():
-            data = dumps_records(part)
-            digest.update(data)
-            for key, value in summarize(part).items():
-                if isinstance(value, int):
-                    totals[key] = totals.get(key, 0) + value
-            ignored += sum((r["error"] or {}).get("code") in SKIPPED for r in part)
-            for record in part:
-                records.by_status[record["status"]] = records.by_status.get(record["status"], 0) + 1
-            yield data
-
-    report.write_stream(MANIFEST, chunks())
-    manifest_sha256 = digest.hexdigest()
+    written = write_manifest_stream(report, records)
+    records.by_status = written.totals.by_status
+    manifest_sha256 = written.sha256
     run = RunSettings.from_dict(settings or {})
     summary = {
-        **totals,
-        "published": None, "withheld": None, "ignored": ignored, "policy": policy,
+        **written.totals.counts(),
+        "published": None, "withheld": None, "ignored": written.totals.skipped, "policy": policy,
         "manifest_sha256": manifest_sha256, "settings": run.to_dict(),
         "settings_key": run.key(), "release": None,
     }
@@ -104,13 +88,6 @@ def assemble_manifest(
         summary["incremental"] = increment
     write_summary(report, summary)
     return records, manifest_sha256
-
-
-MERGED_PART = 1000  # records per part when carried records are merged in
-
-
-def _source(record: dict[str, Any]) -> str:
-    return str(record["source"])
 
 
 def _plan(work: Storage) -> dict[str, Any]:
@@ -121,63 +98,37 @@ def _plan(work: Storage) -> dict[str, Any]:
     return plan if isinstance(plan, dict) else {}
 
 
-class ManifestRecords:
+class ManifestRecords(LazyRecords):
     """The merged manifest's records, re-read shard by shard whenever they are iterated.
 
     Sized and countable without holding a record: ``len()`` and ``by_status`` are
-    the merge's running totals. Indexing (small runs, tests) reads them all.
+    the merge's totals (:class:`~airflow_privacy.core.manifest.LazyRecords`).
     """
 
     def __init__(self, work: Storage, shards: Sequence[Shard]) -> None:
+        super().__init__()
         self._work, self._shards = work, shards
-        self.by_status: dict[str, int] = {}
 
-    def parts(self) -> Iterator[list[dict[str, Any]]]:
-        """Sorted runs of records: each shard's, with the carried records merged in.
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Each shard's records, with the carried records merged in by source.
 
-        Shards must not overlap or go backwards, and no carried record may have
-        the key of a processed one.
+        Shards must not overlap or go backwards; that no carried record has the
+        key of a processed one is checked where the manifest is written
+        (:func:`~airflow_privacy.core.manifest.write_manifest_stream`).
         """
-        carried = carried_records(self._work)
-        first = next(carried, None)
-        if first is None:
-            yield from self._shard_parts()
-            return
         processed = (record for part in self._shard_parts() for record in part)
-        part: list[dict[str, Any]] = []
-        last: str | None = None
-        for record in heapq.merge(processed, itertools.chain([first], carried), key=_source):
-            if last is not None and record["source"] <= last:
-                raise RuntimeError(f"{record['source']!r} is both carried and processed, or "
-                                   "the carried records are not sorted")
-            last = record["source"]
-            part.append(record)
-            if len(part) >= MERGED_PART:
-                yield part
-                part = []
-        if part:
-            yield part
+        return merge_by_source(processed, carried_records(self._work))
 
     def _shard_parts(self) -> Iterator[list[dict[str, Any]]]:
         last: str | None = None
         for shard in self._shards:
             part = sorted(read_entries(self._work, RECORDS, load_shard(self._work, shard))
-                          .values(), key=_source)
+                          .values(), key=record_source)
             if part and last is not None and part[0]["source"] <= last:
                 raise RuntimeError(f"shard {shard['shard_id']} overlaps or precedes the one "
                                    "before it: the shards are not one listing")
             last = part[-1]["source"] if part else last
             yield part
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for part in self.parts():
-            yield from part
-
-    def __len__(self) -> int:
-        return sum(self.by_status.values())
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return list(self)[index]
 
 
 def publish_release(
