@@ -266,3 +266,22 @@ def test_video_inputs_are_listed_and_published_as_mp4(tmp_path):
     assert sorted(processed) == ["a.mov", "b.MKV", "c.webm", "d.avi", "e.mp4"]
     assert ignored == ["f.txt"]
     assert output_key("dir/a.mov") == "dir/a.mp4" and output_key("e.mp4") == "e.mp4"
+
+
+def test_encoding_the_same_frames_gives_the_same_bytes(clips):
+    """Idempotent runs need repeatable encoding (the encoder's own colour conversion was not)."""
+    from fractions import Fraction
+
+    from airflow_privacy.core.video.container import Writer, frames
+
+    video = RunSettings().video
+    pixels = list(frames(clips["pan_zoom.mp4"].data))
+
+    def encode() -> bytes:
+        writer = Writer(pixels[0].shape[1], pixels[0].shape[0], Fraction(25), crf=video.crf,
+                        preset=video.preset)
+        for frame in pixels:
+            writer.write(frame)
+        return writer.close()
+
+    assert len({hashlib.sha256(encode()).hexdigest() for _ in range(20)}) == 1

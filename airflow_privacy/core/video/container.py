@@ -135,14 +135,25 @@ class Writer:
         self._stream = self._out.add_stream("libx264", rate=rate)
         self._stream.width, self._stream.height = width + width % 2, height + height % 2
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf), "preset": preset}
+        # Repeatable bytes: equal inputs and settings must give equal outputs (idempotent
+        # runs; the Airflow stages equal to the fused batch). With x264's macroblock-tree rate
+        # control the same frames gave up to 12 different outputs in 20 encodes, threaded or
+        # not; without it (and on one thread) 1. It costs a little compression at this crf.
+        self._stream.options = {"crf": str(crf), "preset": preset,
+                                "x264-params": "threads=1:lookahead-threads=1:mbtree=0"}
+        self._stream.codec_context.thread_count = 1
         self._audio = _AudioCopy(self._out, audio_from) if audio_from is not None else None
 
     def write(self, pixels: np.ndarray) -> None:
         height, width = self.size
         if width % 2 or height % 2:
             pixels = np.pad(pixels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="bgr24")
+        # Converted to the encoder's yuv420p here and copied into a frame without row padding:
+        # left to the encoder, or encoded from the converted frame itself (whose rows end in
+        # unwritten padding bytes), the same frames did not always give the same bytes.
+        bgr = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="bgr24")
+        yuv = bgr.reformat(format="yuv420p", threads=1).to_ndarray()
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = self.count
         self.count += 1
         for packet in self._stream.encode(frame):
