@@ -57,6 +57,9 @@ class Pipeline:
     @cached_property
     def detector(self) -> PersonDetector:
         from airflow_privacy.core.detect import PersonDetector
+        from airflow_privacy.core.heap import bound_heap
+
+        bound_heap()  # this process now runs the image pipeline: see core/heap.py
 
         d = self.settings.detection
         return PersonDetector(
