@@ -159,7 +159,9 @@ def test_s3_outage_mid_stage_is_retryable_and_the_retry_completes_the_same_relea
         assert proxy.cuts == 2
         partial = object_digests(s3_client, s3_bucket, "run/release")
         assert "_SUCCESS" not in partial  # incomplete, and it says so
-        assert 1 <= len(partial) < 4  # copies run in parallel: those in flight may land
+        # Copies run in parallel and a server-side copy carries no body, so the cut may fall
+        # after the server made the copy: any number may have landed, but never the marker.
+        assert 1 <= len(partial) <= 4
         for key, sha in partial.items():  # what is there is whole: a verified output
             assert reference[key] == sha
 
