@@ -41,10 +41,11 @@ is touched.
 Memory: both the manifest and the listing are sorted by source key, so they are
 walked side by side (a merge join; the manifest is streamed twice, once to check
 its sha256 before anything is decided, once to decide); no record is held beyond
-the ones being compared, at most ``2 * workers`` inputs are being hashed at a
-time, and carried records are streamed to the new manifest (the Airflow driver
-writes them to ``work/carried.jsonl``, merged by source with the shards' records
-by :class:`~airflow_privacy.core.release.ManifestRecords`). What is kept is the
+the ones being compared, ``workers`` inputs are being hashed at a time (one more
+waiting, :func:`~airflow_privacy.core.workers.ordered`), and carried records are
+streamed to the new manifest (the Airflow driver writes them to
+``work/carried.jsonl``, merged by source with the shards' records by
+:class:`~airflow_privacy.core.release.ManifestRecords`). What is kept is the
 list of outputs to retract (about 200 bytes each, only for inputs that changed
 or vanished).
 """
@@ -54,17 +55,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from airflow_privacy.core.images import sha256_bytes
-from airflow_privacy.core.manifest import MANIFEST, SUMMARY
+from airflow_privacy.core.manifest import MANIFEST, SUMMARY, pinned_records
 from airflow_privacy.core.naming import Namer, output_key
 from airflow_privacy.core.publish import read_marker
 from airflow_privacy.core.status import Status
+from airflow_privacy.core.workers import ordered
 from airflow_privacy.storage import Storage, StorageError, TransientStorageError
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 CARRIED = "carried.jsonl"  # work: the carried records, sorted by source (Airflow driver)
 RETRACT = "retract.jsonl"  # work: {"output_key", "source", "why"} of outputs to retract
 CARRIED_FROM = "carried_from"  # the record field: the baseline manifest's sha256
-T, R = TypeVar("T"), TypeVar("R")
 CHECK_WORKERS = 8  # inputs and outputs hashed concurrently: object stores answer in ~10-50 ms
 
 
@@ -182,7 +181,7 @@ class Increment:
                 yield key, None
             return
         pairs = self._pairs(keys, refused)
-        for key, record, why in _ordered(self._judge, pairs, self.workers):
+        for _, (key, record, why) in ordered(self._judge, pairs, workers=self.workers):
             if why is None:
                 self.counts["carried"] += 1
                 yield key, {**record, CARRIED_FROM: self.baseline.manifest_sha256}
@@ -220,15 +219,10 @@ class Increment:
 
     def _records(self) -> Iterator[dict[str, Any]]:
         """The baseline manifest's records, re-hashed: it must not change during the walk."""
-        digest = hashlib.sha256()
-        for line in self.report.read_lines(MANIFEST):
-            digest.update(line)
-            if line.strip():
-                yield json.loads(line)
         assert self.baseline is not None
-        if digest.hexdigest() != self.baseline.manifest_sha256:
-            raise StorageError(f"{self.report.uri_of(MANIFEST)} changed during the incremental "
-                               "walk (another run writing the same report?); run again")
+        return pinned_records(self.report, self.baseline.manifest_sha256,
+                              "changed during the incremental walk (another run writing the "
+                              "same report?); run again")
 
     def _judge(self, item: tuple[str, dict[str, Any] | None, bool]
                ) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -267,27 +261,6 @@ class Increment:
         if record.get("status") == Status.VERIFIED and record.get("output_key"):
             self.retractions.append({"output_key": record["output_key"],
                                      "source": record["source"], "why": why})
-
-
-def _ordered(job: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """``job(item)`` for every item, in order, ``workers`` at a time, ``2 * workers`` queued.
-
-    The items are drawn from the (lazy) iterable in this thread only, so a
-    generator with side effects (the merge join) is never run concurrently.
-    The first exception (a storage outage) stops the walk.
-    """
-    pending: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="incremental") as pool:
-        try:
-            for item in items:
-                pending.append(pool.submit(job, item))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def read_retractions(work: Storage) -> Iterator[dict[str, str]]:

@@ -199,11 +199,17 @@ class ManifestFile(LazyRecords):
         self.report, self.sha256 = report, sha256
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        digest = hashlib.sha256()
-        for line in self.report.read_lines(MANIFEST):
-            digest.update(line)
-            if line.strip():
-                yield json.loads(line)
-        if digest.hexdigest() != self.sha256:
-            raise StorageError(f"{self.report.uri_of(MANIFEST)} is no longer the manifest "
-                               "these records were written to (another run since?)")
+        return pinned_records(self.report, self.sha256, "is no longer the manifest these "
+                              "records were written to (another run since?)")
+
+
+def pinned_records(report: Storage, sha256: str, changed: str) -> Iterator[dict[str, Any]]:
+    """``report/manifest.jsonl``'s records, streamed; a full pass over bytes whose sha256 is
+    not ``sha256`` ends in :class:`StorageError` (``changed`` says what that means)."""
+    digest = hashlib.sha256()
+    for line in report.read_lines(MANIFEST):
+        digest.update(line)
+        if line.strip():
+            yield json.loads(line)
+    if digest.hexdigest() != sha256:
+        raise StorageError(f"{report.uri_of(MANIFEST)} {changed}")
